@@ -1,0 +1,28 @@
+"""Attention variants behind one call signature.
+
+>>> from lceval.attention import build_attention
+>>> attn = build_attention("full")
+>>> out = attn(q, k, v, causal=True)   # q (B,H,T,D); k, v (B,H_kv,S,D) -> (B,H,T,D)
+"""
+
+from __future__ import annotations
+
+import pydantic
+
+from lceval import registry
+from lceval.attention.base import Attention
+from lceval.errors import UserError
+
+
+def build_attention(name: str, **params) -> Attention:
+    """Build a registered attention variant with its parameters."""
+    cls = registry.attention.get(name)
+    try:
+        return cls(**params)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise UserError(f"attention {name!r} parameter {key}: {err['msg']}") from None
+
+
+__all__ = ["Attention", "build_attention"]

@@ -1,0 +1,68 @@
+"""The attention backend interface every variant implements."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pydantic
+from torch import Tensor
+
+from lceval.attention.core import MaskFn, ScoreMod, causal_mask, dense_scores, safe_softmax
+
+
+class NoParams(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+
+class Attention:
+    """One attention variant with its parameters.
+
+    ``attn(q, k, v, causal=True)`` returns (B, H, T, D);
+    ``attn.weights(q, k, v, causal=True, rows=slice(a, b))`` returns the
+    normalized weights (B, H, b - a, S) of those query rows.
+    ``attn.last_impl`` names the implementation the last call ran.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[pydantic.BaseModel]] = NoParams
+    supports_score_mod: ClassVar[bool] = True
+    #: True when memory grows quadratically with length (checked against a budget)
+    quadratic_memory: ClassVar[bool] = False
+
+    def __init__(self, **params):
+        self.params = self.Params(**params)
+        self.last_impl: str | None = None
+
+    # -- identity -----------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        args = ",".join(f"{_short(k)}={v}" for k, v in self.params.model_dump().items())
+        return f"{self.name}({args})" if args else self.name
+
+    def spec(self) -> dict:
+        return {"name": self.name, **self.params.model_dump()}
+
+    def __repr__(self) -> str:
+        return f"<attention {self.label}>"
+
+    # -- the math -----------------------------------------------------------------------
+    def mask(self, causal: bool) -> MaskFn | None:
+        """Visibility of (query, key) pairs as a pure function; the oracle's definition."""
+        return causal_mask if causal else None
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = True,
+                 score_mod: ScoreMod | None = None, scale: float | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def weights(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = True, rows: slice | None = None,
+                score_mod: ScoreMod | None = None, scale: float | None = None) -> Tensor:
+        s = dense_scores(q, k, mask=self.mask(causal), score_mod=score_mod, scale=scale, rows=rows)
+        return safe_softmax(s)
+
+    def score_bytes(self, batch: int, heads: int, t: int, s: int, itemsize: int = 4) -> int:
+        """Peak bytes of attention scratch for one call (quadratic variants only)."""
+        return 0
+
+
+def _short(key: str) -> str:
+    return {"window": "w", "block": "b", "local_blocks": "local", "global_blocks": "global"}.get(key, key)

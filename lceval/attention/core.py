@@ -1,0 +1,192 @@
+"""Shared attention math: masks as pure functions, a dense oracle, a blocked engine.
+
+Conventions (every variant follows them):
+
+* ``q``: (B, H, T, D); ``k``, ``v``: (B, H_kv, S, D) with ``H % H_kv == 0``.
+  Grouped-query attention repeats each key/value head ``H // H_kv`` times.
+* Default scale is ``1 / sqrt(D)``.
+* Causal masking with ``T != S`` is bottom-right aligned: query ``i`` sits at
+  key position ``i + (S - T)`` (the KV-cache convention).
+* A row whose keys are all masked returns zeros, never NaN.
+
+A *mask function* ``mask(qi, kj) -> bool tensor`` says which (query, key)
+pairs are visible; ``qi`` is a (tq, 1) and ``kj`` a (1, tk) tensor of absolute
+key-space positions. A *score mod* ``mod(scores, qi, kj) -> scores`` changes
+raw scores (ALiBi is one). Both compose freely (attention-gym style).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor
+
+MaskFn = Callable[[Tensor, Tensor], Tensor]
+ScoreMod = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+# --- mask functions -------------------------------------------------------------------
+def causal_mask(qi: Tensor, kj: Tensor) -> Tensor:
+    return kj <= qi
+
+
+def window_mask(window: int, causal: bool) -> MaskFn:
+    """Causal: i - W < j <= i (W keys, itself included). Non-causal: |i - j| < W."""
+
+    def mask(qi: Tensor, kj: Tensor) -> Tensor:
+        if causal:
+            return (kj <= qi) & (kj > qi - window)
+        return (qi - kj).abs() < window
+
+    return mask
+
+
+def and_masks(*masks: MaskFn | None) -> MaskFn | None:
+    present = [m for m in masks if m is not None]
+    if not present:
+        return None
+
+    def mask(qi: Tensor, kj: Tensor) -> Tensor:
+        out = present[0](qi, kj)
+        for m in present[1:]:
+            out = out & m(qi, kj)
+        return out
+
+    return mask
+
+
+# --- helpers ----------------------------------------------------------------------------
+def check_shapes(q: Tensor, k: Tensor, v: Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("attention expects q (B,H,T,D) and k, v (B,H_kv,S,D)")
+    if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"incompatible shapes q={tuple(q.shape)} k={tuple(k.shape)} v={tuple(v.shape)}")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads {q.shape[1]} not a multiple of key/value heads {k.shape[1]}")
+
+
+def repeat_kv(x: Tensor, n_heads: int) -> Tensor:
+    """(B, H_kv, S, D) -> (B, H, S, D) by repeating each head H // H_kv times."""
+    rep = n_heads // x.shape[1]
+    return x if rep == 1 else x.repeat_interleave(rep, dim=1)
+
+
+def default_scale(d: int, scale: float | None) -> float:
+    return 1.0 / math.sqrt(d) if scale is None else scale
+
+
+def positions(start: int, stop: int, offset: int, device) -> Tensor:
+    return torch.arange(start + offset, stop + offset, device=device)
+
+
+def safe_softmax(scores: Tensor) -> Tensor:
+    """Softmax over the last dim where an all ``-inf`` row gives zeros."""
+    m = scores.amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    p = torch.exp(scores - m)
+    denom = p.sum(dim=-1, keepdim=True)
+    return p / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+# --- dense oracle -----------------------------------------------------------------------
+def dense_scores(
+    q: Tensor,
+    k: Tensor,
+    *,
+    mask: MaskFn | None,
+    score_mod: ScoreMod | None,
+    scale: float | None,
+    rows: slice | None = None,
+) -> Tensor:
+    """Masked, modded raw scores (B, H, T', S) for query rows ``rows`` (all by default)."""
+    check_shapes(q, k, k)
+    T, S = q.shape[2], k.shape[2]
+    start, stop, _ = (rows or slice(None)).indices(T)
+    qr = q[:, :, start:stop]
+    kk = repeat_kv(k, q.shape[1])
+    s = torch.matmul(qr, kk.transpose(-1, -2)) * default_scale(q.shape[-1], scale)  # (B,H,T',S)
+    qi = positions(start, stop, S - T, q.device)[:, None]
+    kj = torch.arange(S, device=q.device)[None, :]
+    if score_mod is not None:
+        s = score_mod(s, qi, kj)
+    if mask is not None:
+        s = s.masked_fill(~mask(qi, kj), float("-inf"))
+    return s
+
+
+def dense_attention(q, k, v, *, mask=None, score_mod=None, scale=None) -> Tensor:
+    """Eager O(T*S)-memory attention: the oracle every other path is checked against."""
+    p = safe_softmax(dense_scores(q, k, mask=mask, score_mod=score_mod, scale=scale))
+    return torch.matmul(p, repeat_kv(v, q.shape[1]))  # (B, H, T, D)
+
+
+# --- blocked online-softmax engine ------------------------------------------------------
+KeyBlocks = Callable[[int, int], Iterable[tuple[int, int, bool]]]
+
+
+def dense_key_blocks(S: int, block: int, *, causal: bool, offset: int) -> KeyBlocks:
+    """Every key block (up to the diagonal when causal); the bool says 'needs masking'."""
+
+    def blocks(q0: int, q1: int):
+        last = min(S, q1 + offset) if causal else S
+        for k0 in range(0, last, block):
+            k1 = min(k0 + block, last)
+            yield k0, k1, causal and k1 - 1 > q0 + offset
+
+    return blocks
+
+
+def blocked_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    key_blocks: KeyBlocks,
+    mask: MaskFn | None,
+    score_mod: ScoreMod | None = None,
+    scale: float | None = None,
+    block_q: int = 256,
+    return_lse: bool = False,
+):
+    """Attention over the key blocks ``key_blocks(q0, q1)`` yields, with online softmax.
+
+    Memory is O(block_q * block_k) per step, so it grows linearly with length.
+    Only the listed blocks are visited; the work is proportional to them.
+    """
+    check_shapes(q, k, v)
+    B, H, T, D = q.shape
+    S = k.shape[2]
+    offset = S - T
+    kk, vv = repeat_kv(k, H), repeat_kv(v, H)
+    sc = default_scale(D, scale)
+    outs, lses = [], []
+    for q0 in range(0, T, block_q):
+        q1 = min(q0 + block_q, T)
+        qb = q[:, :, q0:q1] * sc  # (B, H, bq, D)
+        qi = positions(q0, q1, offset, q.device)[:, None]
+        m = q.new_full((B, H, q1 - q0, 1), float("-inf"))
+        l = q.new_zeros((B, H, q1 - q0, 1))
+        acc = q.new_zeros((B, H, q1 - q0, D))
+        for k0, k1, needs_mask in key_blocks(q0, q1):
+            s = torch.matmul(qb, kk[:, :, k0:k1].transpose(-1, -2))  # (B, H, bq, bk)
+            kj = torch.arange(k0, k1, device=q.device)[None, :]
+            if score_mod is not None:
+                s = score_mod(s, qi, kj)
+            if needs_mask and mask is not None:
+                s = s.masked_fill(~mask(qi, kj), float("-inf"))
+            m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
+            m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
+            p = torch.exp(s - m_safe)
+            alpha = torch.exp(m - m_safe)
+            l = l * alpha + p.sum(dim=-1, keepdim=True)
+            acc = acc * alpha + torch.matmul(p, vv[:, :, k0:k1])
+            m = m_new
+        outs.append(acc / torch.where(l > 0, l, torch.ones_like(l)))
+        if return_lse:
+            lses.append(torch.where(l > 0, m + torch.log(l), torch.full_like(l, float("-inf"))))
+    out = torch.cat(outs, dim=2)
+    if return_lse:
+        return out, torch.cat(lses, dim=2).squeeze(-1)
+    return out

@@ -1,0 +1,121 @@
+"""The ``lceval`` command line.
+
+User errors print one line (``error: ...``) and exit with code 2; a run whose
+cells failed exits with code 1; success is 0.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from lceval.errors import UserError
+
+
+def user_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lceval")
+def main():
+    """lceval: where in a long input can a model still find what it needs?"""
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/<run.name>).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a config value, e.g. --set tasks.niah.samples=2 (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Print the grid size and token estimate; run nothing.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most N samples per grid cell.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@user_errors
+def run(config, out, overrides, dry_run, limit, no_progress):
+    """Run the grid in CONFIG and write the report."""
+    from lceval.config import load_config
+    from lceval.report import build_report
+    from lceval.runner import Runner
+
+    resolved = load_config(config, overrides)
+    runner = Runner(resolved, limit=limit, progress=not no_progress)
+    out = out or Path("runs") / resolved.config.run.name
+    if dry_run:
+        n_cells = sum(len(t.cells()) for t in runner._tasks.values())
+        click.echo(f"pairings: {len(resolved.pairings)} ({', '.join(p.label for p in resolved.pairings)})")
+        click.echo(f"tasks: {len(resolved.tasks)} ({', '.join(resolved.tasks)}), cells: {n_cells}")
+        click.echo(f"samples to score: {runner.grid_size():,}")
+        click.echo(f"prompt tokens to process: {runner.estimate_tokens():,}")
+        click.echo(f"run directory: {out}")
+        return
+    summary = runner.run(out)
+    report = build_report(out)
+    counts = ", ".join(f"{k}={v}" for k, v in sorted(summary.status_counts.items()))
+    click.echo(f"rows written this time: {summary.written} (already done: {summary.skipped_done}); statuses: {counts}")
+    click.echo(f"results: {out / 'results.jsonl'}")
+    click.echo(f"report: {report}")
+    click.echo(f"html: {report.parent / 'report.html'}")
+    if summary.failed:
+        click.echo(f"error: {summary.failed} samples failed (see the status and message columns)", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@user_errors
+def report(run_dir):
+    """Rebuild the report of RUN_DIR from its stored results (offline)."""
+    from lceval.report import build_report
+
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory; pass the --out directory of an lceval run")
+    path = build_report(run_dir)
+    click.echo(f"report: {path}")
+
+
+@main.command(name="list")
+@user_errors
+def list_plugins():
+    """List registered tasks, models, attention variants and position encodings."""
+    from lceval.registry import REGISTRIES
+
+    for kind, reg in REGISTRIES.items():
+        click.echo(f"{kind}: {', '.join(reg.names())}")
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Checkpoint directory (default: the config's 'out').")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe value.")
+@click.option("--no-progress", is_flag=True)
+@user_errors
+def train(config, out, overrides, no_progress):
+    """Train a reference model from a recipe YAML (keys of TrainRecipe, plus 'out')."""
+    from lceval.config import TrainRecipe, apply_overrides, check_recipe, read_yaml, validate
+    from lceval.train import train as do_train
+
+    data = apply_overrides(read_yaml(config), list(overrides))
+    target = out or data.pop("out", None)
+    data.pop("out", None)
+    if target is None:
+        raise UserError("no output directory: pass --out DIR or set 'out' in the recipe")
+    recipe = validate(TrainRecipe, data, "")
+    check_recipe(recipe, "train")
+    card = do_train(recipe, Path(target), progress=not no_progress)
+    click.echo(f"trained in {card['train_seconds']} s; measured: {card['measured']}")
+    click.echo(f"checkpoint: {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""YAML run configs -> validated, typed objects.
+
+Every user error becomes a ``ConfigError`` whose message starts with the key
+path (``tasks.niah.depths[2]``) and says what is allowed. ``yaml.safe_load``
+only.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+
+from lceval import registry
+from lceval.errors import ConfigError, UserError
+
+
+class Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+
+class AttentionSpec(Strict):
+    """An attention variant and its parameters: ``flash`` or ``{name: sliding_window, window: 64}``."""
+
+    name: str
+    params: dict[str, Any] = pydantic.Field(default_factory=dict)
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _from_short(cls, data):
+        if isinstance(data, str):
+            return {"name": data}
+        if isinstance(data, dict) and "params" not in data and "name" in data:
+            return {"name": data["name"], "params": {k: v for k, v in data.items() if k != "name"}}
+        return data
+
+    def build(self):
+        from lceval.attention import build_attention
+
+        return build_attention(self.name, **self.params)
+
+
+class TrainRecipe(Strict):
+    """Everything that determines a trained reference model."""
+
+    task: str = "niah"
+    task_config: dict[str, Any] = pydantic.Field(default_factory=dict)
+    position: str = "rotary"
+    attention: AttentionSpec = pydantic.Field(default_factory=lambda: AttentionSpec(name="flash"))
+    d_model: pydantic.PositiveInt = 64
+    n_layers: pydantic.PositiveInt = 2
+    n_heads: pydantic.PositiveInt = 2
+    n_kv_heads: pydantic.PositiveInt | None = None
+    conv_kernel: pydantic.NonNegativeInt = 3
+    train_length: pydantic.PositiveInt = 128
+    max_length: pydantic.PositiveInt | None = pydantic.Field(
+        None, description="rows of a learned position table; defaults to train_length")
+    steps: pydantic.PositiveInt = 600
+    batch_size: pydantic.PositiveInt = 32
+    lr: pydantic.PositiveFloat = 3e-3
+    warmup: pydantic.NonNegativeInt = 50
+    weight_decay: pydantic.NonNegativeFloat = 0.0
+    eval_samples: pydantic.NonNegativeInt = 256
+    seed: int = 0
+
+
+class ModelSpec(Strict):
+    """A model: ``type: reference`` with a ``checkpoint`` directory or a ``train`` recipe."""
+
+    type: str = "reference"
+    checkpoint: Path | None = None
+    train: TrainRecipe | None = None
+    params: dict[str, Any] = pydantic.Field(default_factory=dict)
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self):
+        if self.type == "reference" and (self.checkpoint is None) == (self.train is None):
+            raise ValueError("a reference model needs exactly one of 'checkpoint' or 'train'")
+        return self
+
+
+class PairingSpec(Strict):
+    """A model with an attention variant. Lists in either field expand to their cross product."""
+
+    model: str | list[str]
+    attention: AttentionSpec | list[AttentionSpec] = pydantic.Field(default_factory=lambda: AttentionSpec(name="full"))
+    label: str | None = None
+
+
+class RunSpec(Strict):
+    name: str = "run"
+    seed: int = 0
+    batch_size: pydantic.PositiveInt = 16
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    memory_budget_mb: pydantic.PositiveInt = pydantic.Field(
+        4096, description="largest score matrix a quadratic-memory variant may build")
+
+
+class ReportSpec(Strict):
+    threshold: float = pydantic.Field(85.6, gt=0, le=100, description="percent accuracy for effective length")
+    distance_bins: pydantic.PositiveInt = 8
+
+
+class RunConfig(Strict):
+    run: RunSpec = pydantic.Field(default_factory=RunSpec)
+    models: dict[str, ModelSpec] = pydantic.Field(min_length=1)
+    pairings: list[PairingSpec] = pydantic.Field(min_length=1)
+    tasks: dict[str, dict[str, Any]] = pydantic.Field(min_length=1)
+    report: ReportSpec = pydantic.Field(default_factory=ReportSpec)
+
+
+# --- resolved objects ------------------------------------------------------------------
+class Pairing(pydantic.BaseModel):
+    model: str
+    attention: AttentionSpec
+    label: str
+
+    @property
+    def key(self) -> str:
+        return self.label
+
+
+class Resolved(pydantic.BaseModel):
+    """A validated config with pairings expanded and task configs typed."""
+
+    model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+
+    config: RunConfig
+    pairings: list[Pairing]
+    tasks: dict[str, Any]  # name -> task config object
+    base_dir: Path
+
+
+# --- loading ---------------------------------------------------------------------------
+def read_yaml(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; pass the path of a YAML config (see configs/)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("", f"{path}: the top level must be a mapping with keys run, models, pairings, tasks")
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.path=value`` overrides (value parsed as YAML) to a raw config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key.path=value, e.g. --set tasks.niah.samples=2")
+        path, raw = item.split("=", 1)
+        keys = path.strip().split(".")
+        node: Any = data
+        for i, key in enumerate(keys):
+            last = i == len(keys) - 1
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise ConfigError(".".join(keys[: i + 1]), f"list index out of range (0..{len(node) - 1})")
+                if last:
+                    node[int(key)] = yaml.safe_load(raw)
+                else:
+                    node = node[int(key)]
+            elif isinstance(node, dict):
+                if last:
+                    node[key] = yaml.safe_load(raw)
+                else:
+                    node = node.setdefault(key, {})
+            else:
+                raise ConfigError(".".join(keys[:i]), "is a value, not a mapping; cannot set a key inside it")
+    return data
+
+
+def load_config(path: Path, overrides: list[str] = ()) -> Resolved:
+    data = apply_overrides(read_yaml(path), list(overrides))
+    return resolve(data, base_dir=Path(path).resolve().parent)
+
+
+def resolve(data: dict, base_dir: Path) -> Resolved:
+    cfg = validate(RunConfig, data, "")
+    for name, spec in cfg.models.items():
+        registry.models.get(spec.type, where=f"models.{name}.type")
+        if spec.checkpoint is not None and not spec.checkpoint.is_absolute():
+            spec.checkpoint = (base_dir / spec.checkpoint).resolve()
+        if spec.train is not None:
+            check_recipe(spec.train, f"models.{name}.train")
+    pairings: list[Pairing] = []
+    for i, p in enumerate(cfg.pairings):
+        models = p.model if isinstance(p.model, list) else [p.model]
+        attns = p.attention if isinstance(p.attention, list) else [p.attention]
+        for m in models:
+            if m not in cfg.models:
+                raise ConfigError(f"pairings[{i}].model", f"unknown model {m!r}; defined models: {', '.join(cfg.models)}")
+            for a in attns:
+                attn = check_attention(a, f"pairings[{i}].attention")
+                label = p.label if p.label and len(models) * len(attns) == 1 else f"{m}/{attn.label}"
+                pairings.append(Pairing(model=m, attention=a, label=label))
+    seen: set[str] = set()
+    for i, p in enumerate(pairings):
+        if p.label in seen:
+            raise ConfigError("pairings", f"pairing {p.label!r} appears twice; give each pairing a distinct label")
+        seen.add(p.label)
+    tasks = {}
+    for name, raw in cfg.tasks.items():
+        cls = registry.tasks.get(name, where=f"tasks.{name}")
+        tasks[name] = validate_task_config(cls, raw or {}, f"tasks.{name}")
+    return Resolved(config=cfg, pairings=pairings, tasks=tasks, base_dir=base_dir)
+
+
+def check_attention(spec: AttentionSpec, where: str):
+    registry.attention.get(spec.name, where=f"{where}.name")
+    try:
+        return spec.build()
+    except UserError as exc:
+        raise ConfigError(where, str(exc)) from None
+
+
+def check_recipe(recipe: TrainRecipe, where: str) -> None:
+    registry.positions.get(recipe.position, where=f"{where}.position")
+    check_attention(recipe.attention, f"{where}.attention")
+    cls = registry.tasks.get(recipe.task, where=f"{where}.task")
+    validate_task_config(cls, recipe.task_config, f"{where}.task_config")
+    if recipe.d_model % recipe.n_heads:
+        raise ConfigError(f"{where}.n_heads", f"must divide d_model ({recipe.d_model}); got {recipe.n_heads}")
+
+
+def validate_task_config(task_cls, raw: dict, where: str):
+    return validate(task_cls.Config, raw or {}, where)
+
+
+def validate(model_cls: type[pydantic.BaseModel], data: Any, where: str):
+    """Validate ``data`` into ``model_cls``; the first error becomes a one-line ConfigError."""
+    try:
+        return model_cls.model_validate(data)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper())]  # drop union tags
+        path = _join(where, loc)
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model_cls, loc[:-1])
+            hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+            raise ConfigError(path, f"unknown key{hint}") from None
+        if err["type"] == "missing":
+            raise ConfigError(path, "required key is missing") from None
+        got = err.get("input")
+        shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
+        raise ConfigError(path, f"{_lower(err['msg'])}{shown}") from None
+
+
+def _lower(msg: str) -> str:
+    msg = msg.removeprefix("Value error, ")
+    return msg[:1].lower() + msg[1:]
+
+
+def _join(where: str, loc) -> str:
+    out = where
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _allowed_keys(model_cls, loc) -> list[str]:
+    """Field names of the model found by walking ``loc`` down from ``model_cls``."""
+    tp: Any = model_cls
+    for p in loc:
+        tp = _unwrap(tp)
+        if isinstance(tp, type) and issubclass(tp, pydantic.BaseModel):
+            if p not in tp.model_fields:
+                return []
+            tp = tp.model_fields[p].annotation
+        else:
+            args = typing.get_args(tp)
+            tp = args[-1] if args else None
+    tp = _unwrap(tp)
+    if isinstance(tp, type) and issubclass(tp, pydantic.BaseModel):
+        return list(tp.model_fields)
+    return []
+
+
+def _unwrap(tp):
+    """Strip Optional / unions down to the first pydantic model or container."""
+    for arg in typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType")) else ():
+        if arg is not type(None):
+            return _unwrap(arg)
+    return tp

@@ -1,0 +1,87 @@
+"""Model adapters: how a configured model becomes something the runner can score.
+
+An adapter gives the runner a tokenizer and, for an attention variant, a
+module with ``hidden(ids)`` and ``logits_at(hidden, index)`` that routes its
+attention through that lceval backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import ClassVar
+
+from torch import nn
+
+from lceval.attention import Attention
+from lceval.config import ModelSpec
+from lceval.models.checkpoint import is_complete, load_checkpoint
+from lceval.tokenizer import TextTokenizer
+
+
+def cache_dir() -> Path:
+    """Where trained models are cached: ``$LCEVAL_CACHE`` or ``~/.cache/lceval``."""
+    return Path(os.environ.get("LCEVAL_CACHE") or Path.home() / ".cache" / "lceval")
+
+
+class ModelAdapter:
+    name: ClassVar[str]
+
+    def __init__(self, spec: ModelSpec, *, device: str = "cpu", progress: bool = True):
+        self.spec = spec
+        self.device = device
+        self.progress = progress
+
+    tokenizer: TextTokenizer
+    #: longest input the model can represent (None: unbounded)
+    max_length: int | None = None
+    #: query heads, for memory estimates
+    n_heads: int = 1
+    position: str = "unknown"
+
+    def prepare(self) -> None:
+        """Load (or build) the model once; called before the first pairing uses it."""
+
+    def with_attention(self, attention: Attention) -> nn.Module:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"type": self.name}
+
+
+class ReferenceAdapter(ModelAdapter):
+    """The built-in reference transformer, from a checkpoint or trained on first use."""
+
+    name = "reference"
+
+    def prepare(self) -> None:
+        if getattr(self, "model", None) is not None:
+            return
+        path = self.spec.checkpoint or self.ensure_trained()
+        self.path = Path(path)
+        self.model, self.tokenizer, self.card = load_checkpoint(self.path)
+        self.model.to(self.device)
+        arch = self.model.arch
+        self.position = arch.position
+        self.n_heads = arch.n_heads
+        self.max_length = self.model.position.max_supported_length
+
+    def ensure_trained(self) -> Path:
+        from lceval.train import train
+
+        recipe = self.spec.train
+        digest = hashlib.sha256(json.dumps(recipe.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        path = cache_dir() / "models" / f"{recipe.position}-{digest[:12]}"
+        if not is_complete(path):
+            train(recipe, path, progress=self.progress, device=self.device)
+        return path
+
+    def with_attention(self, attention: Attention) -> nn.Module:
+        self.model.attention = attention
+        return self.model
+
+    def describe(self) -> dict:
+        return {"type": self.name, "path": str(self.path), "position": self.position,
+                "training_length": self.card.get("training_length"), "measured": self.card.get("measured")}

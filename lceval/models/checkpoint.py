@@ -1,0 +1,47 @@
+"""Reference checkpoints: ``model.safetensors`` + ``card.json`` + ``tokenizer.json``.
+
+Weights are safetensors only; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from lceval.attention import build_attention
+from lceval.errors import UserError
+from lceval.models.reference import Architecture, ReferenceTransformer
+from lceval.tokenizer import TextTokenizer
+
+WEIGHTS, CARD, TOKENIZER = "model.safetensors", "card.json", "tokenizer.json"
+
+
+def save_checkpoint(model: ReferenceTransformer, tokenizer: TextTokenizer, card: dict, out_dir: Path) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / (WEIGHTS + ".tmp")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={"format": "lceval-reference/1"})
+    tokenizer.save(out_dir / TOKENIZER)
+    (out_dir / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    tmp.replace(out_dir / WEIGHTS)  # the weights file appears last: its presence means "complete"
+
+
+def is_complete(path: Path) -> bool:
+    return all((Path(path) / f).exists() for f in (WEIGHTS, CARD, TOKENIZER))
+
+
+def load_checkpoint(path: Path, attention: str = "full", **attention_params):
+    """Load a reference model with the given attention variant; returns (model, tokenizer, card)."""
+    path = Path(path)
+    if not is_complete(path):
+        raise UserError(f"{path}: not a reference checkpoint (needs {WEIGHTS}, {CARD}, {TOKENIZER}); "
+                        f"train one with `lceval train`")
+    card = json.loads((path / CARD).read_text())
+    arch = Architecture(**card["architecture"])
+    model = ReferenceTransformer(arch, build_attention(attention, **attention_params))
+    model.load_state_dict(load_file(str(path / WEIGHTS)))
+    model.eval()
+    return model, TextTokenizer.load(path / TOKENIZER), card

@@ -1,0 +1,191 @@
+"""The runner: pairings x tasks x cells x samples, streamed to the results store.
+
+Samples are generated once per (task, tokenizer) and shared by every pairing.
+Samples of equal length are batched. A batch that fails (out of memory,
+non-finite logits, an error in a plugin) is recorded with its status and the
+run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from lceval import registry
+from lceval.config import Pairing, Resolved
+from lceval.models.adapters import ModelAdapter
+from lceval.scoring import score_batch
+from lceval.store import ResultsStore
+from lceval.task import Sample
+
+OK, NONFINITE, OOM, ERROR = "ok", "nonfinite", "oom", "error"
+UNSUPPORTED_LENGTH, SKIPPED_MEMORY = "unsupported_length", "skipped_memory"
+FAILED = {NONFINITE, OOM, ERROR}
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    written: int = 0
+    skipped_done: int = 0
+    status_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return sum(n for s, n in self.status_counts.items() if s in FAILED)
+
+
+def config_hash(resolved: Resolved, limit: int | None) -> str:
+    payload = {"config": resolved.config.model_dump(mode="json"), "limit": limit}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+class Runner:
+    def __init__(self, resolved: Resolved, *, limit: int | None = None, progress: bool = True):
+        self.r = resolved
+        self.limit = limit
+        self.progress = progress
+        self.device = pick_device(resolved.config.run.device)
+        self._adapters: dict[str, ModelAdapter] = {}
+        self._samples: dict[tuple[str, str], list[Sample]] = {}
+        self._tasks = {name: registry.tasks.get(name)(cfg, seed=resolved.config.run.seed)
+                       for name, cfg in resolved.tasks.items()}
+
+    # -- shared pieces ------------------------------------------------------------------
+    def adapter(self, name: str) -> ModelAdapter:
+        if name not in self._adapters:
+            spec = self.r.config.models[name]
+            adapter = registry.models.get(spec.type)(spec, device=self.device, progress=self.progress)
+            adapter.prepare()
+            self._adapters[name] = adapter
+        return self._adapters[name]
+
+    def samples(self, task_name: str, adapter: ModelAdapter) -> list[Sample]:
+        key = (task_name, adapter.tokenizer.fingerprint())
+        if key not in self._samples:
+            self._samples[key] = self._tasks[task_name].samples(adapter.tokenizer, limit=self.limit)
+        return self._samples[key]
+
+    def grid_size(self) -> int:
+        per_task = {n: len(t.cells()) * min(self.limit or t.samples_per_cell(), t.samples_per_cell())
+                    for n, t in self._tasks.items()}
+        return len(self.r.pairings) * sum(per_task.values())
+
+    def estimate_tokens(self) -> int:
+        """Prompt tokens to process, from the grid's context lengths (no tokenizer needed)."""
+        total = 0
+        for t in self._tasks.values():
+            n = min(self.limit or t.samples_per_cell(), t.samples_per_cell())
+            total += sum(c.get("context_length", 0) for c in t.cells()) * n
+        return total * len(self.r.pairings)
+
+    # -- the run ------------------------------------------------------------------------
+    def run(self, out_dir: Path) -> RunSummary:
+        manifest = {"config": self.r.config.model_dump(mode="json"), "seed": self.r.config.run.seed,
+                    "limit": self.limit, "config_hash": config_hash(self.r, self.limit),
+                    "pairings": [p.model_dump(mode="json") for p in self.r.pairings]}
+        summary = RunSummary(Path(out_dir))
+        with ResultsStore(out_dir, manifest) as store:
+            for name in dict.fromkeys(p.model for p in self.r.pairings):
+                self.adapter(name)  # train or load every model before the run's progress bar opens
+            summary.skipped_done = len(store.done)
+            bar = tqdm(total=self.grid_size(), initial=len(store.done), desc="lceval run", unit="sample",
+                       disable=not self.progress, dynamic_ncols=True)
+            with bar:
+                for pairing in self.r.pairings:
+                    self._run_pairing(pairing, store, bar, summary)
+            summary.status_counts = dict(Counter(row["status"] for row in store.rows))
+        return summary
+
+    def _run_pairing(self, pairing: Pairing, store: ResultsStore, bar, summary: RunSummary) -> None:
+        adapter = self.adapter(pairing.model)
+        attention = pairing.attention.build()
+        model = adapter.with_attention(attention)
+        tokens_done, started = 0, time.perf_counter()
+        for task_name in self._tasks:
+            pending = [s for s in self.samples(task_name, adapter)
+                       if (pairing.label, task_name, s.id) not in store.done]
+            groups: dict[tuple[int, int], list[Sample]] = defaultdict(list)
+            for s in pending:
+                groups[(len(s.input_ids), len(s.answer_ids))].append(s)
+            for (length, answer_len), group in sorted(groups.items()):
+                size = self._batch_size(adapter, attention, length + answer_len - 1)
+                for i in range(0, len(group), max(size, 1)):
+                    batch = group[i : i + max(size, 1)]
+                    rows = self._score(pairing, task_name, adapter, attention, model, batch, length, size)
+                    store.append(rows)
+                    summary.written += len(rows)
+                    tokens_done += length * len(batch)
+                    bar.update(len(batch))
+                    rate = tokens_done / max(time.perf_counter() - started, 1e-9)
+                    bar.set_postfix_str(f"{pairing.label} tok/s={rate:,.0f}")
+
+    def _batch_size(self, adapter: ModelAdapter, attention, seq: int) -> int:
+        """Samples per batch within the memory budget; 0 when even one does not fit."""
+        size = self.r.config.run.batch_size
+        budget = self.r.config.run.memory_budget_mb * 2**20
+        per_sample = attention.score_bytes(1, adapter.n_heads, seq, seq)
+        if per_sample == 0:
+            return size
+        return min(size, budget // per_sample)
+
+    def _score(self, pairing, task_name, adapter, attention, model, batch, length, size) -> list[dict]:
+        seq = length + len(batch[0].answer_ids) - 1
+        status, message, scores = OK, None, None
+        if adapter.max_length is not None and seq > adapter.max_length:
+            status = UNSUPPORTED_LENGTH
+            message = f"{adapter.position} positions cover {adapter.max_length} tokens; input needs {seq}"
+        elif size == 0:
+            status = SKIPPED_MEMORY
+            need = attention.score_bytes(1, adapter.n_heads, seq, seq) / 2**20
+            message = (f"{attention.name} would need {need:,.0f} MiB of scores > memory_budget_mb "
+                       f"{self.r.config.run.memory_budget_mb}; use attention 'flash' (exact, O(n) memory)")
+        else:
+            try:
+                with torch.no_grad():
+                    scores = score_batch(model, batch, self.device)
+                if not all(s.finite for s in scores):
+                    status, message = NONFINITE, "non-finite logits"
+            except (torch.OutOfMemoryError, MemoryError) as exc:
+                status, message = OOM, f"out of memory: {str(exc).splitlines()[0][:200]}"
+            except RuntimeError as exc:
+                text = str(exc)
+                is_oom = "out of memory" in text or "can't allocate memory" in text
+                status = OOM if is_oom else ERROR
+                message = text.splitlines()[0][:300]
+            except Exception as exc:  # a plugin's bug must not stop the grid
+                status = ERROR
+                message = f"{type(exc).__name__}: {exc}"[:300] + " | " + traceback.format_exc(limit=1).splitlines()[-1]
+        rows = []
+        for j, sample in enumerate(batch):
+            sc = scores[j] if scores is not None else None
+            rows.append({
+                "task": task_name,
+                "sample_id": sample.id,
+                "pairing": pairing.label,
+                "model": pairing.model,
+                "attention": attention.name,
+                "attention_params": attention.params.model_dump(),
+                "position": adapter.position,
+                **sample.meta,
+                "correct": bool(sc.correct) if sc is not None and status == OK else False,
+                "answer_logprob": sc.answer_logprob if sc is not None else None,
+                "impl": attention.last_impl if sc is not None else None,
+                "status": status,
+                "message": message,
+            })
+        return rows

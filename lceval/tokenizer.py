@@ -1,0 +1,74 @@
+"""Tokenizers: tasks produce text pieces, models turn them into their own tokens.
+
+``TextTokenizer`` is the small protocol tasks rely on. Pieces are encoded with
+a leading space and concatenated, so a prompt's length in the model's tokens
+is exact by construction and no whole haystack is ever re-tokenized.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+SPECIALS = ["[PAD]", "[UNK]", "[BOS]"]
+
+
+class TextTokenizer:
+    """Wraps a ``tokenizers.Tokenizer`` or a transformers tokenizer."""
+
+    def __init__(self, backend, *, bos_id: int | None = None, name: str = "custom"):
+        self.backend = backend
+        self.bos_id = bos_id
+        self.name = name
+        self._cache: dict[str, list[int]] = {}
+
+    # -- encoding ---------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Token ids of one text piece (no special tokens). Cached per piece."""
+        ids = self._cache.get(text)
+        if ids is None:
+            if isinstance(self.backend, Tokenizer):
+                ids = self.backend.encode(text, add_special_tokens=False).ids
+            else:  # transformers PreTrainedTokenizer(Fast)
+                ids = self.backend.encode(text, add_special_tokens=False)
+            if len(self._cache) < 200_000:
+                self._cache[text] = ids
+        return ids
+
+    def piece(self, text: str) -> list[int]:
+        """Ids of ``text`` as it appears inside running text (after a space)."""
+        return self.encode(" " + text)
+
+    def prefix(self) -> list[int]:
+        return [] if self.bos_id is None else [self.bos_id]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.backend.decode(ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size() if isinstance(self.backend, Tokenizer) else len(self.backend)
+
+    def fingerprint(self) -> str:
+        """Stable id of the vocabulary, used to key sample caches."""
+        raw = self.backend.to_str() if isinstance(self.backend, Tokenizer) else str(sorted(self.backend.get_vocab().items()))
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+    # -- persistence ------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        self.backend.save(str(path))
+
+    @classmethod
+    def load(cls, path: Path) -> TextTokenizer:
+        tok = Tokenizer.from_file(str(path))
+        return cls(tok, bos_id=tok.token_to_id("[BOS]"), name="word-level")
+
+
+def word_level(vocabulary: list[str]) -> TextTokenizer:
+    """A word-level tokenizer over ``vocabulary`` (words and punctuation)."""
+    words = list(dict.fromkeys(SPECIALS + [w for w in vocabulary if w.strip()]))
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return TextTokenizer(backend, bos_id=words.index("[BOS]"), name="word-level")

@@ -1,0 +1,72 @@
+"""Haystack text: RULER-style repeated filler and generated essay-like sentences.
+
+Everything is generated from small word lists shipped here, so nothing is
+downloaded and a word-level tokenizer can cover the whole vocabulary.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lceval.tokenizer import TextTokenizer
+
+# The repeated filler RULER uses for its needle tasks (a fact about that benchmark).
+REPEAT_SENTENCES = [
+    "The grass is green .",
+    "The sky is blue .",
+    "The sun is yellow .",
+    "Here we go .",
+    "There and back again .",
+]
+
+_DET = ["the", "a", "every", "one", "that", "this"]
+_ADJ = ["quiet", "old", "bright", "small", "distant", "careful", "early", "narrow", "warm", "simple", "heavy", "gentle"]
+_NOUN = ["village", "teacher", "garden", "engine", "letter", "window", "market", "painter", "harbor", "student",
+         "bridge", "forest", "kitchen", "lantern", "machine", "farmer", "library", "valley", "doctor", "station"]
+_VERB = ["visits", "describes", "follows", "builds", "watches", "remembers", "carries", "repairs", "finds", "opens"]
+_PREP = ["near", "behind", "beside", "under", "beyond", "across"]
+_ADV = ["slowly", "often", "again", "later", "quickly", "rarely"]
+
+ESSAY_WORDS = sorted(set(_DET + _ADJ + _NOUN + _VERB + _PREP + _ADV + ["The", "A", "Every", "One", "That", "This"]))
+REPEAT_WORDS = sorted({w for s in REPEAT_SENTENCES for w in s.split()})
+
+
+def essay_sentence(rng: np.random.Generator) -> str:
+    """One essay-like sentence from a tiny grammar."""
+    pick = lambda xs: xs[rng.integers(len(xs))]  # noqa: E731
+    words = [pick(_DET).capitalize(), pick(_ADJ), pick(_NOUN), pick(_VERB), pick(_DET), pick(_NOUN)]
+    if rng.random() < 0.5:
+        words += [pick(_PREP), pick(_DET), pick(_NOUN)]
+    if rng.random() < 0.3:
+        words.append(pick(_ADV))
+    return " ".join(words) + " ."
+
+
+class SentencePool:
+    """A fixed pool of haystack sentences, each tokenized once."""
+
+    def __init__(self, kind: str, tokenizer: TextTokenizer, seed: int, size: int = 256):
+        rng = np.random.default_rng(seed)
+        texts: list[str] = []
+        for i in range(size):
+            use_repeat = kind == "repeat" or (kind == "mixed" and rng.random() < 0.5)
+            texts.append(REPEAT_SENTENCES[i % len(REPEAT_SENTENCES)] if use_repeat else essay_sentence(rng))
+        self.kind = kind
+        self.texts = texts
+        self.ids = [tokenizer.piece(t) for t in texts]
+        self.max_len = max(len(x) for x in self.ids)
+
+    def fill(self, rng: np.random.Generator, budget: int) -> tuple[list[int], list[int]]:
+        """Exactly ``budget`` tokens of haystack and the sentence-start offsets in it.
+
+        Sentences follow the pool order from a random start (so repeated filler
+        keeps its cycle); the last one is cut to hit the budget exactly.
+        """
+        out: list[int] = []
+        starts: list[int] = []
+        i = int(rng.integers(len(self.ids)))
+        while len(out) < budget:
+            starts.append(len(out))
+            out.extend(self.ids[i % len(self.ids)])
+            i += 1
+        return out[:budget], starts
