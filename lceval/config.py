@@ -188,6 +188,12 @@ def resolve(data: dict, base_dir: Path) -> Resolved:
         registry.models.get(spec.type, where=f"models.{name}.type")
         if spec.checkpoint is not None and not spec.checkpoint.is_absolute():
             spec.checkpoint = (base_dir / spec.checkpoint).resolve()
+        if spec.type == "reference" and spec.checkpoint is not None:
+            from lceval.models.checkpoint import is_complete
+
+            if not is_complete(spec.checkpoint):
+                raise ConfigError(f"models.{name}.checkpoint", f"no reference checkpoint at {spec.checkpoint} "
+                                  "(needs model.safetensors, card.json, tokenizer.json); train one with `lceval train`")
         if spec.train is not None:
             check_recipe(spec.train, f"models.{name}.train")
     pairings: list[Pairing] = []

@@ -1,0 +1,57 @@
+"""Shared fixtures: a trained quickstart model (trained once per session) and config helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lceval.config import read_yaml
+from lceval.models.adapters import ReferenceAdapter
+from lceval.config import ModelSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("lceval-cache")
+    os.environ["LCEVAL_CACHE"] = str(path)  # subprocesses inherit it
+    return path
+
+
+@pytest.fixture(scope="session")
+def quickstart_rotary(cache_dir) -> Path:
+    """The quickstart's rotary model, trained exactly as configs/quickstart.yaml says."""
+    spec = ModelSpec.model_validate(read_yaml(QUICKSTART)["models"]["rotary"])
+    adapter = ReferenceAdapter(spec, progress=False)
+    adapter.prepare()
+    return adapter.path
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write a run config (a dict) to a YAML file and return its path."""
+
+    def write(data: dict, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write
+
+
+def small_config(checkpoint: Path, **over) -> dict:
+    """A small run over a checkpoint: 2 lengths x 3 depths x 3 samples, full + flash."""
+    cfg = {
+        "run": {"name": "small", "seed": 0, "batch_size": 4},
+        "models": {"m": {"type": "reference", "checkpoint": str(checkpoint)}},
+        "pairings": [{"model": "m", "attention": ["full", "flash"]}],
+        "tasks": {"niah": {"lengths": [64, 128], "depths": [0.0, 0.5, 1.0], "samples": 3}},
+    }
+    for key, value in over.items():
+        cfg[key] = value
+    return cfg

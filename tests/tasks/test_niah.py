@@ -1,0 +1,114 @@
+"""Needle placement, exact context length, determinism, cell independence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from lceval.errors import UserError
+from lceval.tasks.haystack import essay_sentence
+from lceval.tasks.niah import KEYS, NEEDLE, QUESTION, NeedleInAHaystack, NiahConfig
+from lceval.tokenizer import TextTokenizer, word_level
+
+LENGTHS = [96, 131, 257, 512, 1000, 2048]
+DEPTHS = [0.0, 0.1, 0.33, 0.5, 0.77, 0.9, 1.0]
+
+
+def make_task(**cfg) -> NeedleInAHaystack:
+    base = {"lengths": LENGTHS, "depths": DEPTHS, "samples": 3}
+    return NeedleInAHaystack(NiahConfig(**(base | cfg)), seed=cfg.pop("seed", 0) if "seed" in cfg else 0)
+
+
+def bpe_tokenizer() -> TextTokenizer:
+    """A small byte-level BPE trained here on generated text (nothing downloaded)."""
+    rng = np.random.default_rng(0)
+    corpus = [essay_sentence(rng) for _ in range(2000)]
+    corpus += [NEEDLE.format(key=k, value=100 + i) + " " + QUESTION.format(key=k) for i, k in enumerate(KEYS)]
+    corpus += ["The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."] * 20
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return TextTokenizer(tok, bos_id=tok.token_to_id("<s>"), name="bpe")
+
+
+TOKENIZERS = {"word": lambda task: word_level(task.vocabulary()), "bpe": lambda task: bpe_tokenizer()}
+
+
+@pytest.mark.parametrize("haystack", ["repeat", "essay", "mixed"])
+@pytest.mark.parametrize("tok_name", ["word", "bpe"])
+def test_length_and_needle_placement(tok_name, haystack):
+    task = make_task(haystack=haystack)
+    tok = TOKENIZERS[tok_name](task)
+    pool = task._pool(tok)
+    for s in task.samples(tok):
+        L, depth = s.meta["context_length"], s.meta["depth"]
+        target = int(s.id.split("/")[1][1:])
+        assert len(s.input_ids) == L == target  # exact, in this tokenizer's tokens
+        needle = tok.piece(NEEDLE.format(key=_key(s, tok), value=tok.decode(s.answer_ids).strip()))
+        off = s.meta["needle_offset"]
+        assert s.input_ids[off : off + len(needle)] == needle
+        question_len = len(tok.piece(QUESTION.format(key=_key(s, tok))))
+        haystack_len = L - len(tok.prefix()) - len(needle) - question_len
+        # within one filler sentence of depth x haystack length
+        assert abs((off - len(tok.prefix())) - depth * haystack_len) <= pool.max_len
+        assert s.meta["distance"] == L - off
+        assert s.input_ids[: len(tok.prefix())] == tok.prefix()
+
+
+def _key(sample, tok) -> str:
+    key = tok.decode(sample.input_ids[-20:]).split()[-2]  # "... for KEY is"
+    assert key in KEYS
+    return key
+
+
+def test_bpe_ids_equal_tokenizing_the_whole_text():
+    """Concatenated piece ids are what the tokenizer gives for the joined text."""
+    task = make_task(lengths=[300], depths=[0.5], samples=4)
+    tok = bpe_tokenizer()
+    for s in task.samples(tok):
+        body = s.input_ids[1:]
+        text = tok.decode(body)
+        assert tok.backend.encode(text, add_special_tokens=False).ids == body
+
+
+def test_deterministic_and_cells_independent():
+    tok = word_level(make_task().vocabulary())
+    a = {s.id: s.input_ids for s in make_task().samples(tok)}
+    b = {s.id: s.input_ids for s in make_task().samples(tok)}
+    assert a == b
+    # adding lengths/depths and samples never changes an existing cell's samples
+    c = {s.id: s.input_ids for s in make_task(lengths=[64] + LENGTHS + [700], depths=[0.2] + DEPTHS,
+                                              samples=5).samples(tok)}
+    assert all(c[k] == v for k, v in a.items())
+    # a different seed changes them
+    other = NeedleInAHaystack(NiahConfig(lengths=LENGTHS, depths=DEPTHS, samples=3), seed=1)
+    d = {s.id: s.input_ids for s in other.samples(tok)}
+    assert sum(d[k] != v for k, v in a.items()) > len(a) * 0.9
+
+
+def test_depth_orders_needle_offsets():
+    tok = word_level(make_task().vocabulary())
+    task = make_task(lengths=[1000], samples=1)
+    offs = [s.meta["needle_offset"] for s in task.samples(tok)]
+    assert offs == sorted(offs) and offs[0] == 1 and offs[-1] > 900
+
+
+def test_too_short_length_is_a_user_error():
+    task = make_task(lengths=[10], depths=[0.5], samples=1)
+    with pytest.raises(UserError, match="tasks.niah.lengths: 10 tokens cannot hold"):
+        task.samples(word_level(task.vocabulary()))
+
+
+def test_training_example_labels_answers():
+    task = make_task()
+    tok = word_level(task.vocabulary())
+    ex = task.training_example(np.random.default_rng(0), 128, tok)
+    assert len(ex.ids) == 128 and ex.label_positions
+    values = set(task.values())
+    for p, lab in zip(ex.label_positions, ex.labels):
+        assert ex.ids[p + 1] == lab and tok.decode([lab]) in values
+        # the answer is recallable: the same key/value needle appears earlier
+        assert ex.ids[:p].count(lab) >= 1

@@ -1,0 +1,157 @@
+"""End-to-end runs: report files, determinism, resume after kill -9, lock, failures, full == flash."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import torch
+from click.testing import CliRunner
+
+from conftest import small_config
+from lceval import registry
+from lceval.attention.exact import FullAttention
+from lceval.cli import main
+from lceval.store import ResultsStore, read_rows
+
+
+def run_cli(args):
+    return CliRunner().invoke(main, ["run", *map(str, args), "--no-progress"])
+
+
+def comparable(rows):
+    return sorted((r["pairing"], r["sample_id"], r["correct"], round(r["answer_logprob"], 5), r["status"])
+                  for r in rows)
+
+
+def test_run_writes_report_and_full_equals_flash(quickstart_rotary, write_config, tmp_path):
+    cfg = write_config(small_config(quickstart_rotary))
+    res = run_cli([cfg, "--out", tmp_path / "run"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "run"
+    for f in ["results.jsonl", "manifest.json", "report/results.csv", "report/cells.csv", "report/summary.md",
+              "report/heatmap_niah_m_full.png", "report/heatmap_niah_m_flash.png", "report/distance_niah.png",
+              "report/report.html"]:
+        assert (out / f).exists(), f
+    assert res.output.strip().splitlines()[-2].startswith("report: ")
+    rows = read_rows(out)
+    assert len(rows) == 2 * 2 * 3 * 3
+    full = {r["sample_id"]: r["correct"] for r in rows if r["attention"] == "full"}
+    flash = {r["sample_id"]: r["correct"] for r in rows if r["attention"] == "flash"}
+    assert full == flash
+    assert {r["impl"] for r in rows} == {"torch.eager", "torch.sdpa_flash"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 0 and "torch" in manifest["versions"] and "git_commit" in manifest
+    summary = (out / "report" / "summary.md").read_text()
+    assert "| m/full |" in summary and "| m/flash |" in summary and "effective_length" in summary
+
+
+def test_same_seed_same_results(quickstart_rotary, write_config, tmp_path):
+    cfg = write_config(small_config(quickstart_rotary))
+    assert run_cli([cfg, "--out", tmp_path / "a"]).exit_code == 0
+    assert run_cli([cfg, "--out", tmp_path / "b"]).exit_code == 0
+    assert comparable(read_rows(tmp_path / "a")) == comparable(read_rows(tmp_path / "b"))
+
+
+def test_resume_after_kill_9(quickstart_rotary, write_config, tmp_path):
+    cfg_data = small_config(quickstart_rotary)
+    cfg_data["run"]["batch_size"] = 1
+    cfg_data["tasks"]["niah"] = {"lengths": [64, 128, 256, 512], "depths": [0.0, 0.25, 0.5, 0.75, 1.0], "samples": 8}
+    cfg = write_config(cfg_data)
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "lceval.cli", "run", str(cfg), "--out", str(killed), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = killed / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if results.exists() and results.stat().st_size > 0 and len(results.read_bytes().splitlines()) >= 40:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = len(read_rows(killed))
+    total = 2 * 4 * 5 * 8
+    assert 0 < partial < total, partial
+    # simulate the worst moment too: a torn last line
+    with results.open("ab") as f:
+        f.write(b'{"task": "niah", "sample_id": "torn')
+    res = run_cli([cfg, "--out", killed])
+    assert res.exit_code == 0, res.output
+    assert f"already done: {partial}" in res.output
+    rows = read_rows(killed)
+    keys = [(r["pairing"], r["sample_id"]) for r in rows]
+    assert len(keys) == len(set(keys)) == total
+    assert len(results.read_bytes().splitlines()) == total  # nothing duplicated on disk
+    assert run_cli([cfg, "--out", tmp_path / "clean"]).exit_code == 0
+    assert comparable(rows) == comparable(read_rows(tmp_path / "clean"))
+    a = pd.read_csv(killed / "report" / "cells.csv")
+    b = pd.read_csv(tmp_path / "clean" / "report" / "cells.csv")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_second_concurrent_run_refused(quickstart_rotary, write_config, tmp_path):
+    cfg = write_config(small_config(quickstart_rotary))
+    with ResultsStore(tmp_path / "busy", {"config_hash": "x"}):
+        res = run_cli([cfg, "--out", tmp_path / "busy"])
+    assert res.exit_code == 2
+    assert "another lceval run" in res.stderr and "--out" in res.stderr
+
+
+def test_changed_config_refused_on_same_dir(quickstart_rotary, write_config, tmp_path):
+    cfg = write_config(small_config(quickstart_rotary))
+    assert run_cli([cfg, "--out", tmp_path / "r"]).exit_code == 0
+    before = (tmp_path / "r" / "results.jsonl").read_bytes()
+    res = run_cli([cfg, "--out", tmp_path / "r", "--set", "tasks.niah.samples=4"])
+    assert res.exit_code == 2 and "different config" in res.stderr
+    assert (tmp_path / "r" / "results.jsonl").read_bytes() == before  # nothing lost
+
+
+class ExplodingAttention(FullAttention):
+    name = "exploding"
+
+    def __call__(self, q, k, v, causal=True, score_mod=None, scale=None):
+        if q.shape[2] > 100:
+            raise ValueError("boom in plugin")
+        return super().__call__(q, k, v, causal, score_mod, scale)
+
+
+class NaNAttention(FullAttention):
+    name = "nan"
+
+    def __call__(self, q, k, v, causal=True, score_mod=None, scale=None):
+        return torch.full_like(q, float("nan"))
+
+
+def test_failing_cells_recorded_and_run_goes_on(quickstart_rotary, write_config, tmp_path):
+    registry.attention.register("exploding", ExplodingAttention)
+    registry.attention.register("nan", NaNAttention)
+    data = small_config(quickstart_rotary)
+    data["pairings"] = [{"model": "m", "attention": ["exploding", "nan", "full"]}]
+    res = run_cli([write_config(data), "--out", tmp_path / "f"])
+    assert res.exit_code == 1
+    rows = read_rows(tmp_path / "f")
+    by = {}
+    for r in rows:
+        by.setdefault((r["attention"], r["context_length"]), set()).add(r["status"])
+    assert by[("exploding", 64)] == {"ok"} and by[("exploding", 128)] == {"error"}
+    assert by[("nan", 64)] == by[("nan", 128)] == {"nonfinite"}
+    assert by[("full", 64)] == by[("full", 128)] == {"ok"}
+    assert any("boom in plugin" in (r["message"] or "") for r in rows)
+    assert len(rows) == 3 * 18
+
+
+def test_report_command_rebuilds_offline(quickstart_rotary, write_config, tmp_path):
+    cfg = write_config(small_config(quickstart_rotary))
+    assert run_cli([cfg, "--out", tmp_path / "r"]).exit_code == 0
+    first = (tmp_path / "r" / "report" / "cells.csv").read_text()
+    for f in (tmp_path / "r" / "report").iterdir():
+        f.unlink()
+    res = CliRunner().invoke(main, ["report", str(tmp_path / "r")])
+    assert res.exit_code == 0 and (tmp_path / "r" / "report" / "cells.csv").read_text() == first
+    res = CliRunner().invoke(main, ["report", str(tmp_path / "nothing")])
+    assert res.exit_code == 2
