@@ -205,6 +205,7 @@ def resolve(data: dict, base_dir: Path) -> Resolved:
                 raise ConfigError(f"pairings[{i}].model", f"unknown model {m!r}; defined models: {', '.join(cfg.models)}")
             for a in attns:
                 attn = check_attention(a, f"pairings[{i}].attention")
+                check_compatible(model_position(cfg.models[m]), attn, f"pairings[{i}].attention")
                 label = p.label if p.label and len(models) * len(attns) == 1 else f"{m}/{attn.label}"
                 pairings.append(Pairing(model=m, attention=a, label=label))
     seen: set[str] = set()
@@ -227,9 +228,32 @@ def check_attention(spec: AttentionSpec, where: str):
         raise ConfigError(where, str(exc)) from None
 
 
+def model_position(spec: ModelSpec) -> str | None:
+    """The position encoding a reference model uses (from its recipe or its card)."""
+    if spec.train is not None:
+        return spec.train.position
+    if spec.type == "reference" and spec.checkpoint is not None:
+        import json
+
+        card = json.loads((spec.checkpoint / "card.json").read_text())
+        return card["architecture"]["position"]
+    return None
+
+
+def check_compatible(position: str | None, attention, where: str) -> None:
+    """Refuse pairings that cannot run, e.g. a score bias (ALiBi) with linear attention."""
+    if position is None:
+        return
+    pos_cls = registry.positions.get(position)
+    if pos_cls.needs_score_mod and not attention.supports_score_mod:
+        able = [n for n in registry.attention.names() if registry.attention.get(n).supports_score_mod]
+        raise ConfigError(where, f"{attention.name} attention cannot apply {position}'s score bias; "
+                          f"pair {position} models with {', '.join(able)}")
+
+
 def check_recipe(recipe: TrainRecipe, where: str) -> None:
     registry.positions.get(recipe.position, where=f"{where}.position")
-    check_attention(recipe.attention, f"{where}.attention")
+    check_compatible(recipe.position, check_attention(recipe.attention, f"{where}.attention"), f"{where}.attention")
     cls = registry.tasks.get(recipe.task, where=f"{where}.task")
     validate_task_config(cls, recipe.task_config, f"{where}.task_config")
     if recipe.d_model % recipe.n_heads:

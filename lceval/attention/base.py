@@ -36,7 +36,7 @@ class Attention:
     # -- identity -----------------------------------------------------------------------
     @property
     def label(self) -> str:
-        args = ",".join(f"{_short(k)}={v}" for k, v in self.params.model_dump().items())
+        args = ",".join(f"{_short(k)}={v}" for k, v in self.params.model_dump(exclude_defaults=True).items())
         return f"{self.name}({args})" if args else self.name
 
     def spec(self) -> dict:

@@ -1,0 +1,99 @@
+"""Kernelized linear attention, chunked: O(n) memory, float32 state.
+
+out_i = sum_j phi(q_i).phi(k_j) v_j / sum_j phi(q_i).phi(k_j) over visible j
+(causal: j <= i + S - T; non-causal: every j). The scale does not apply
+(feature maps are applied to q and k as they are). No score bias can be added,
+so ALiBi pairings are refused at config time.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lceval.attention.base import Attention
+from lceval.attention.core import check_shapes, repeat_kv
+
+FEATURE_MAPS = {
+    "elu1": lambda x: F.elu(x) + 1,
+    "relu": F.relu,
+    "softplus": F.softplus,
+}
+
+
+class LinearParams(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    feature_map: Literal["elu1", "relu", "softplus"] = "elu1"
+    chunk: pydantic.PositiveInt = 128
+
+
+class LinearAttention(Attention):
+    name = "linear"
+    Params = LinearParams
+    supports_score_mod = False
+
+    def phi(self, x: Tensor) -> Tensor:
+        return FEATURE_MAPS[self.params.feature_map](x.float())
+
+    def weights(self, q, k, v, causal=True, rows=None, score_mod=None, scale=None) -> Tensor:
+        """The explicit normalized matrix phi(q_i).phi(k_j) / sum_j' ... for the requested rows."""
+        self._refuse(score_mod)
+        check_shapes(q, k, v)
+        T, S = q.shape[2], k.shape[2]
+        start, stop, _ = (rows or slice(None)).indices(T)
+        a = self.phi(q[:, :, start:stop]) @ self.phi(repeat_kv(k, q.shape[1])).transpose(-1, -2)  # (B,H,r,S)
+        if causal:
+            qi = torch.arange(start, stop, device=q.device)[:, None] + (S - T)
+            a = a * (torch.arange(S, device=q.device)[None, :] <= qi)
+        den = a.sum(-1, keepdim=True)
+        return (a / torch.where(den > 0, den, torch.ones_like(den))).to(q.dtype)
+
+    def __call__(self, q, k, v, causal=True, score_mod=None, scale=None) -> Tensor:
+        self._refuse(score_mod)
+        check_shapes(q, k, v)
+        B, H, T, D = q.shape
+        S = k.shape[2]
+        kk, vv = repeat_kv(k, H), repeat_kv(v, H)
+        self.last_impl = "torch.chunked"
+        if not causal:
+            fk = self.phi(kk)  # (B, H, S, Dphi)
+            state = fk.transpose(-1, -2) @ vv.float()  # (B, H, Dphi, D)
+            z = fk.sum(2)  # (B, H, Dphi)
+            return self._ratio(self.phi(q) @ state, self.phi(q) @ z[..., None]).to(q.dtype)
+        offset, c = S - T, self.params.chunk
+        state = q.new_zeros((B, H, q.shape[-1], D), dtype=torch.float32)  # sum of phi(k)^T v over absorbed keys
+        z = q.new_zeros((B, H, q.shape[-1]), dtype=torch.float32)
+        absorbed = 0  # keys [0, absorbed) are folded into the state
+        outs = []
+        for q0 in range(0, T, c):
+            q1 = min(q0 + c, T)
+            fq = self.phi(q[:, :, q0:q1])  # (B, H, c, Dphi)
+            first = max(0, min(S, q0 + offset))  # keys every query of this chunk sees
+            if first > absorbed:
+                fk = self.phi(kk[:, :, absorbed:first])
+                state = state + fk.transpose(-1, -2) @ vv[:, :, absorbed:first].float()
+                z = z + fk.sum(2)
+                absorbed = first
+            num = fq @ state  # (B, H, c, D)
+            den = fq @ z[..., None]  # (B, H, c, 1)
+            last = max(0, min(S, q1 + offset))  # keys [absorbed, last) seen by part of the chunk
+            if last > absorbed:
+                a = fq @ self.phi(kk[:, :, absorbed:last]).transpose(-1, -2)  # (B, H, c, c')
+                qi = torch.arange(q0, q1, device=q.device)[:, None] + offset
+                a = a * (torch.arange(absorbed, last, device=q.device)[None, :] <= qi)
+                num = num + a @ vv[:, :, absorbed:last].float()
+                den = den + a.sum(-1, keepdim=True)
+            outs.append(self._ratio(num, den))
+        return torch.cat(outs, dim=2).to(q.dtype)
+
+    @staticmethod
+    def _ratio(num: Tensor, den: Tensor) -> Tensor:
+        return num / torch.where(den > 0, den, torch.ones_like(den))
+
+    def _refuse(self, score_mod) -> None:
+        if score_mod is not None:
+            raise ValueError("linear attention cannot apply a score bias (e.g. ALiBi)")

@@ -1,0 +1,130 @@
+"""Attention that visits only part of the keys: ``sliding_window`` and block-``sparse``.
+
+Both run on the blocked online-softmax engine and visit only the key blocks
+their mask can reach, so memory grows linearly with length and work with the
+number of visible keys.
+"""
+
+from __future__ import annotations
+
+import pydantic
+import torch
+from torch import Tensor
+
+from lceval.attention.base import Attention
+from lceval.attention.core import MaskFn, blocked_attention, check_shapes, window_mask
+
+
+def _band_blocks(S: int, block: int, offset: int, lo_fn, hi_fn, mask: MaskFn, device):
+    """Key blocks covering [lo_fn(q0), hi_fn(q1)); masking skipped where all four corners are visible.
+
+    Valid for masks whose visible set is a band (convex per row and column):
+    causal, sliding window.
+    """
+
+    def blocks(q0: int, q1: int):
+        lo, hi = max(0, lo_fn(q0 + offset)), min(S, hi_fn(q1 - 1 + offset) + 1)
+        start = (lo // block) * block
+        for k0 in range(start, hi, block):
+            k1 = min(k0 + block, S)
+            qi = torch.tensor([[q0 + offset], [q1 - 1 + offset]], device=device)
+            kj = torch.tensor([[max(k0, lo), k1 - 1]], device=device)
+            yield max(k0, lo), min(k1, hi), not bool(mask(qi, kj).all())
+
+    return blocks
+
+
+class SlidingWindowParams(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    window: pydantic.PositiveInt = pydantic.Field(description="keys visible per query, itself included")
+
+
+class SlidingWindowAttention(Attention):
+    """Causal: query i sees keys i - W < j <= i (W keys). Non-causal: |i - j| < W."""
+
+    name = "sliding_window"
+    Params = SlidingWindowParams
+
+    def mask(self, causal: bool) -> MaskFn:
+        return window_mask(self.params.window, causal)
+
+    def __call__(self, q, k, v, causal=True, score_mod=None, scale=None) -> Tensor:
+        check_shapes(q, k, v)
+        T, S, W = q.shape[2], k.shape[2], self.params.window
+        block = max(32, min(512, W))
+        mask = self.mask(causal)
+        hi = (lambda p: p) if causal else (lambda p: p + W - 1)
+        blocks = _band_blocks(S, block, S - T, lambda p: p - W + 1, hi, mask, q.device)
+        self.last_impl = "torch.blocked"
+        return blocked_attention(q, k, v, key_blocks=blocks, mask=mask, score_mod=score_mod, scale=scale,
+                                 block_q=block)
+
+
+class SparseParams(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    block: pydantic.PositiveInt = 64
+    local_blocks: pydantic.PositiveInt = pydantic.Field(4, description="the diagonal block and the ones before it")
+    global_blocks: pydantic.NonNegativeInt = pydantic.Field(1, description="sink blocks at the start, seen by all")
+    stride: pydantic.PositiveInt | None = pydantic.Field(None, description="also every stride-th key block")
+
+
+class BlockSparseAttention(Attention):
+    """Block-sparse attention with local, global (sink) and optional strided blocks.
+
+    Block indices are taken on absolute key positions (query i sits at
+    i + S - T). Query block ``qb`` sees key block ``kb`` when
+    ``qb - local_blocks < kb <= qb`` (``|qb - kb| < local_blocks`` if not causal),
+    or ``kb < global_blocks``, or ``kb % stride == 0``; inside visible blocks
+    causal masking applies per element.
+    """
+
+    name = "sparse"
+    Params = SparseParams
+
+    def block_visible(self, qb: Tensor, kb: Tensor, causal: bool) -> Tensor:
+        p = self.params
+        local = (kb <= qb) & (kb > qb - p.local_blocks) if causal else (qb - kb).abs() < p.local_blocks
+        vis = local | (kb < p.global_blocks)
+        if p.stride:
+            vis = vis | (kb % p.stride == 0)
+        return vis & (kb <= qb) if causal else vis
+
+    def mask(self, causal: bool) -> MaskFn:
+        b = self.params.block
+
+        def mask(qi: Tensor, kj: Tensor) -> Tensor:
+            vis = self.block_visible(qi // b, kj // b, causal)
+            return vis & (kj <= qi) if causal else vis
+
+        return mask
+
+    def layout(self, n_blocks: int, causal: bool = True) -> Tensor:
+        """The (query block, key block) visibility of a square input of n_blocks blocks."""
+        idx = torch.arange(n_blocks)
+        return self.block_visible(idx[:, None], idx[None, :], causal)
+
+    def format_layout(self, n_blocks: int, causal: bool = True) -> str:
+        return "\n".join("".join("#" if x else "." for x in row) for row in self.layout(n_blocks, causal).tolist())
+
+    def __call__(self, q, k, v, causal=True, score_mod=None, scale=None) -> Tensor:
+        check_shapes(q, k, v)
+        T, S, b = q.shape[2], k.shape[2], self.params.block
+        offset = S - T
+        mask = self.mask(causal)
+        n_kb = (S + b - 1) // b
+
+        def blocks(q0: int, q1: int):
+            p0, p1 = q0 + offset, q1 - 1 + offset  # absolute positions of the first/last query
+            qbs = torch.arange(p0 // b, p1 // b + 1)  # floor division: negative positions see nothing causally
+            kbs = torch.arange(n_kb)
+            vis = self.block_visible(qbs[:, None], kbs[None, :], causal)  # (n_qb, n_kb)
+            for kb in torch.nonzero(vis.any(0)).flatten().tolist():
+                k0, k1 = kb * b, min((kb + 1) * b, S)
+                if causal and k0 > p1:
+                    continue
+                full = bool(vis[:, kb].all()) and (not causal or k1 - 1 <= p0) and p0 // b == p1 // b
+                yield k0, k1, not full
+
+        self.last_impl = "torch.blocked"
+        return blocked_attention(q, k, v, key_blocks=blocks, mask=mask, score_mod=score_mod, scale=scale,
+                                 block_q=b)

@@ -1,0 +1,176 @@
+"""Every attention variant against a float64 computation of its documented definition.
+
+The reference here is written independently of lceval's engine: it builds the
+visibility matrix from the definitions in the docstrings, then softmax (or the
+linear kernel) in float64. Inputs are fresh random tensors per test.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lceval.attention import build_attention
+from lceval.position import alibi_slopes
+
+
+def visible(name: str, params: dict, T: int, S: int, causal: bool) -> torch.Tensor:
+    qi = torch.arange(T)[:, None] + (S - T)  # bottom-right aligned query positions
+    kj = torch.arange(S)[None, :]
+    causal_ok = kj <= qi if causal else torch.ones(T, S, dtype=torch.bool)
+    if name in ("full", "flash", "linear"):
+        return causal_ok
+    if name == "sliding_window":
+        W = params["window"]
+        return (causal_ok & (kj > qi - W)) if causal else (qi - kj).abs() < W
+    if name == "sparse":
+        b, loc, glob, stride = params["block"], params["local_blocks"], params.get("global_blocks", 1), params.get("stride")
+        qb, kb = torch.div(qi, b, rounding_mode="floor"), torch.div(kj, b, rounding_mode="floor")
+        blk = ((kb <= qb) & (kb > qb - loc)) if causal else (qb - kb).abs() < loc
+        blk = blk | (kb < glob)
+        if stride:
+            blk = blk | (kb % stride == 0)
+        return blk & causal_ok
+    raise AssertionError(name)
+
+
+def reference(name, params, q, k, v, causal, bias=None):
+    """float64 attention by definition: (B, H, T, D)."""
+    q, k, v = q.double(), k.double(), v.double()
+    H, T, S, D = q.shape[1], q.shape[2], k.shape[2], q.shape[3]
+    k, v = k.repeat_interleave(H // k.shape[1], 1), v.repeat_interleave(H // v.shape[1], 1)
+    vis = visible(name, params, T, S, causal)
+    if name == "linear":
+        phi = {"elu1": lambda x: torch.nn.functional.elu(x) + 1, "relu": torch.relu}[params.get("feature_map", "elu1")]
+        a = (phi(q) @ phi(k).transpose(-1, -2)) * vis
+        den = a.sum(-1, keepdim=True)
+        return (a / torch.where(den > 0, den, torch.ones_like(den))) @ v
+    s = q @ k.transpose(-1, -2) / D**0.5
+    if bias is not None:
+        s = s + bias.double()
+    s = s.masked_fill(~vis, float("-inf"))
+    w = torch.softmax(s, -1)
+    w = torch.nan_to_num(w, nan=0.0)  # rows with no visible key -> zeros
+    return w @ v
+
+
+def rand(B, H, Hkv, T, S, D, seed=None):
+    g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
+    return (torch.randn(B, H, T, D, generator=g), torch.randn(B, Hkv, S, D, generator=g),
+            torch.randn(B, Hkv, S, D, generator=g))
+
+
+VARIANTS = [
+    ("full", {}),
+    ("flash", {}),
+    ("sliding_window", {"window": 1}),
+    ("sliding_window", {"window": 5}),
+    ("sliding_window", {"window": 2048}),
+    ("sparse", {"block": 16, "local_blocks": 2, "global_blocks": 0}),
+    ("sparse", {"block": 16, "local_blocks": 1, "global_blocks": 2}),
+    ("sparse", {"block": 8, "local_blocks": 2, "global_blocks": 1, "stride": 3}),
+    ("linear", {}),
+    ("linear", {"feature_map": "relu", "chunk": 16}),
+]
+IDS = [n + "".join(f"-{k}{v}" for k, v in p.items()) for n, p in VARIANTS]
+TOL = {"atol": 2e-5, "rtol": 1e-4}
+
+
+@pytest.mark.parametrize("T", [1, 7, 129, 1000])
+@pytest.mark.parametrize("name,params", VARIANTS, ids=IDS)
+def test_self_attention_causal_gqa(name, params, T):
+    q, k, v = rand(1, 4, 2, T, T, 32)
+    out = build_attention(name, **params)(q, k, v, causal=True)
+    torch.testing.assert_close(out.double(), reference(name, params, q, k, v, True), **TOL)
+
+
+@pytest.mark.parametrize("T,S,causal", [(7, 129, False), (129, 7, False), (7, 129, True), (50, 33, False)])
+@pytest.mark.parametrize("name,params", VARIANTS, ids=IDS)
+def test_cross_shapes(name, params, T, S, causal):
+    q, k, v = rand(2, 2, 1, T, S, 16)
+    out = build_attention(name, **params)(q, k, v, causal=causal)
+    torch.testing.assert_close(out.double(), reference(name, params, q, k, v, causal), **TOL)
+
+
+@pytest.mark.parametrize("D", [16, 32, 64, 80])
+@pytest.mark.parametrize("name,params", [VARIANTS[1], VARIANTS[3], VARIANTS[7], VARIANTS[8]], ids=lambda x: str(x))
+def test_head_dims(name, params, D):
+    q, k, v = rand(1, 2, 2, 65, 65, D)
+    out = build_attention(name, **params)(q, k, v, causal=True)
+    torch.testing.assert_close(out.double(), reference(name, params, q, k, v, True), **TOL)
+
+
+@pytest.mark.parametrize("name,params", VARIANTS, ids=IDS)
+def test_fully_masked_rows_are_zero(name, params):
+    q, k, v = rand(1, 2, 2, 20, 7, 16)  # causal, T > S: the first 13 queries see no key
+    out = build_attention(name, **params)(q, k, v, causal=True)
+    assert torch.isfinite(out).all()
+    assert out[:, :, :13].abs().max() == 0
+    torch.testing.assert_close(out.double(), reference(name, params, q, k, v, True), **TOL)
+
+
+@pytest.mark.parametrize("T", [1, 7, 129, 1000])
+def test_flash_equals_full_float32(T):
+    q, k, v = rand(2, 4, 2, T, T, 64)
+    for causal in (True, False):
+        a = build_attention("full")(q, k, v, causal=causal)
+        b = build_attention("flash")(q, k, v, causal=causal)
+        assert (a - b).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name,params", [v for v in VARIANTS if v[0] != "linear"], ids=[i for i in IDS if "linear" not in i])
+def test_score_mod_alibi(name, params):
+    q, k, v = rand(1, 4, 4, 129, 129, 16)
+    slopes = alibi_slopes(4)[:, None, None]
+    qi, kj = torch.arange(129)[:, None], torch.arange(129)[None, :]
+    bias = -slopes * (qi - kj).abs()
+
+    def mod(s, qi, kj):
+        return s - slopes * (qi - kj).abs()
+
+    out = build_attention(name, **params)(q, k, v, causal=True, score_mod=mod)
+    torch.testing.assert_close(out.double(), reference(name, params, q, k, v, True, bias), **TOL)
+
+
+@pytest.mark.parametrize("name,params", VARIANTS, ids=IDS)
+def test_gradients_match_oracle(name, params):
+    q, k, v = rand(1, 2, 1, 67, 67, 16)
+    w = torch.randn(1, 2, 67, 16)
+    ours = [x.clone().requires_grad_() for x in (q, k, v)]  # the variant runs in float32
+    (build_attention(name, **params)(*ours, causal=True) * w).sum().backward()
+    exact = [x.clone().double().requires_grad_() for x in (q, k, v)]
+    (reference(name, params, *exact, True) * w.double()).sum().backward()
+    grads = ([x.grad.double() for x in ours], [x.grad for x in exact])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name,params", VARIANTS, ids=IDS)
+def test_weights_rows(name, params):
+    q, k, v = rand(1, 2, 2, 40, 40, 16)
+    attn = build_attention(name, **params)
+    w = attn.weights(q, k, v, causal=True, rows=slice(10, 25))
+    assert w.shape == (1, 2, 15, 40)
+    vis = visible(name, params, 40, 40, True)[10:25]
+    assert (w[..., ~vis] == 0).all()
+    torch.testing.assert_close(w.sum(-1), torch.ones(1, 2, 15) * vis.any(-1), atol=1e-5, rtol=0)
+    full_out = attn(q, k, v, causal=True)[:, :, 10:25]
+    torch.testing.assert_close(w @ v.float(), full_out, atol=2e-5, rtol=1e-4)
+
+
+def test_sparse_layout_prints():
+    attn = build_attention("sparse", block=4, local_blocks=2, global_blocks=1, stride=None)
+    assert attn.format_layout(5) == "#....\n##...\n###..\n#.##.\n#..##"
+    assert attn.label == "sparse(b=4,local=2)"  # only parameters that differ from the defaults
+    assert build_attention("sliding_window", window=256).label == "sliding_window(w=256)"
+
+
+def test_bad_params_are_user_errors():
+    from lceval.errors import UserError
+
+    with pytest.raises(UserError, match="window"):
+        build_attention("sliding_window", window=0)
+    with pytest.raises(UserError, match="feature_map"):
+        build_attention("linear", feature_map="cosine")
+    with pytest.raises(UserError, match="unknown attention plugin"):
+        build_attention("ring")
