@@ -74,7 +74,7 @@ def test_full_over_memory_budget_is_skipped(tiny_models, write_config, tmp_path)
     res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--no-progress"])
     assert res.exit_code == 0, res.output
     status = {(r["attention"], r["context_length"]): r["status"] for r in read_rows(tmp_path / "r")}
-    # 400 tokens: 3 x 2 heads x 400^2 x 4 bytes = 3.7 MiB > 1 MiB; 64 tokens: 0.1 MiB fits
+    # 400 tokens: 4 x 2 heads x 400^2 x 4 bytes = 4.9 MiB > 1 MiB; 64 tokens: 0.13 MiB fits
     assert status == {("full", 64): "ok", ("full", 400): "skipped_memory", ("flash", 64): "ok", ("flash", 400): "ok"}
     msg = next(r["message"] for r in read_rows(tmp_path / "r") if r["status"] == "skipped_memory")
     assert "flash" in msg and "memory_budget_mb" in msg
