@@ -150,17 +150,25 @@ def summary_table(df: pd.DataFrame, threshold_pct: float) -> pd.DataFrame:
     return pd.DataFrame(recs)
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return "-" if math.isnan(v) else f"{v:.1%}"
-    return "-" if v is None else str(v)
+def _fmt(v, column) -> str:
+    """Accuracy columns (mean_accuracy and the per-length ones) as percent, lengths as integers."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if column == "mean_accuracy" or isinstance(column, int):
+        return f"{v:.1%}"
+    if column == "effective_length":
+        return f"{int(v)}"
+    return str(v)
+
+
+def formatted(t: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({c: [_fmt(v, c) for v in t[c]] for c in t.columns})
 
 
 def markdown_table(t: pd.DataFrame) -> str:
-    cols = list(t.columns)
-    lines = ["| " + " | ".join(str(c) for c in cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in t.iterrows():
-        lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+    shown = formatted(t)
+    lines = ["| " + " | ".join(str(c) for c in shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in shown.itertuples(index=False)]
     return "\n".join(lines)
 
 
@@ -210,10 +218,7 @@ def _html(path: Path, name: str, summary: pd.DataFrame, images) -> None:
              "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style>",
              f"<h1>lceval report: {html.escape(name)}</h1>"]
-    shown = summary.copy()
-    for c in shown.columns:
-        shown[c] = shown[c].map(_fmt)
-    parts.append(shown.to_html(index=False, escape=True))
+    parts.append(formatted(summary).to_html(index=False, escape=True))
     for title, p in images:
         data = base64.b64encode(p.read_bytes()).decode()
         parts.append(f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from lceval.report import cell_table, effective_length, summary_table, wilson
+from lceval.report import cell_table, effective_length, markdown_table, summary_table, wilson
 
 
 def test_wilson_known_values():
@@ -40,3 +40,11 @@ def test_cells_ignore_non_ok_rows_and_effective_length():
     assert s["effective_length"] == 256  # longest length with accuracy >= 85.6% (128 fails, 256 passes)
     assert s["not_ok"] == "unsupported_length=10"
     assert effective_length(pd.DataFrame({"context_length": [64], "accuracy": [0.5]}), 0.856) is None
+
+
+def test_markdown_formats_lengths_and_accuracies():
+    df = pd.concat([rows([(64, 0.5, True, "ok")] * 9 + [(128, 0.5, False, "ok")] * 9),
+                    rows([(64, 0.5, False, "ok")] * 9).assign(pairing="q")])
+    md = markdown_table(summary_table(df, 85.6).drop(columns="task"))
+    assert "| p | 50.0% | 100.0% | 0.0% | 64 |" in md  # effective length 64, not a percentage
+    assert "| q | 0.0% | 0.0% | - | - |" in md
