@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from typing import ClassVar
 
 import pydantic
+import torch
 from torch import Tensor
 
 from lceval.attention.core import MaskFn, ScoreMod, causal_mask, dense_scores, safe_softmax
@@ -66,3 +68,25 @@ class Attention:
 
 def _short(key: str) -> str:
     return {"window": "w", "block": "b", "local_blocks": "local", "global_blocks": "global"}.get(key, key)
+
+
+def use_triton(q: Tensor, k: Tensor, v: Tensor, score_mod) -> bool:
+    """Whether a backend should call its Triton kernel for this call.
+
+    Yes on CUDA tensors of a supported dtype and head dim, without a score bias,
+    when no gradient is needed (the kernels are forward-only). ``LCEVAL_TRITON=off``
+    disables the kernels; ``LCEVAL_TRITON=force`` uses them on any device (for
+    testing on a CPU under ``TRITON_INTERPRET=1``). CPU runs never use them otherwise.
+    """
+    mode = os.environ.get("LCEVAL_TRITON", "auto")
+    if mode == "off" or score_mod is not None:
+        return False
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return False
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or not 16 <= q.shape[-1] <= 128:
+        return False
+    if mode == "force":
+        return True
+    from lceval import kernels
+
+    return q.is_cuda and kernels.available()

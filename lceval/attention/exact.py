@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lceval.attention.base import Attention
+from lceval.attention.base import Attention, use_triton
 from lceval.attention.core import blocked_attention, dense_attention, dense_key_blocks, repeat_kv
 
 
@@ -39,6 +39,11 @@ class FlashAttention(Attention):
 
     def __call__(self, q, k, v, causal=True, score_mod=None, scale=None) -> Tensor:
         T, S = q.shape[2], k.shape[2]
+        if use_triton(q, k, v, score_mod):
+            from lceval.kernels import flash_attention
+
+            self.last_impl = "triton"
+            return flash_attention(q, k, v, causal=causal, scale=scale)
         if score_mod is None and (not causal or T == S):
             try:
                 with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):

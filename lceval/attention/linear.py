@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lceval.attention.base import Attention
+from lceval.attention.base import Attention, use_triton
 from lceval.attention.core import check_shapes, repeat_kv
 
 FEATURE_MAPS = {
@@ -55,6 +55,11 @@ class LinearAttention(Attention):
     def __call__(self, q, k, v, causal=True, score_mod=None, scale=None) -> Tensor:
         self._refuse(score_mod)
         check_shapes(q, k, v)
+        if use_triton(q, k, v, score_mod):
+            from lceval.kernels import linear_attention
+
+            self.last_impl = "triton"
+            return linear_attention(q, k, v, feature_map=self.params.feature_map, causal=causal)
         B, H, T, D = q.shape
         S = k.shape[2]
         kk, vv = repeat_kv(k, H), repeat_kv(v, H)

@@ -11,7 +11,7 @@ import pydantic
 import torch
 from torch import Tensor
 
-from lceval.attention.base import Attention
+from lceval.attention.base import Attention, use_triton
 from lceval.attention.core import MaskFn, blocked_attention, check_shapes, window_mask
 
 
@@ -51,6 +51,11 @@ class SlidingWindowAttention(Attention):
     def __call__(self, q, k, v, causal=True, score_mod=None, scale=None) -> Tensor:
         check_shapes(q, k, v)
         T, S, W = q.shape[2], k.shape[2], self.params.window
+        if use_triton(q, k, v, score_mod):
+            from lceval.kernels import sliding_window_attention
+
+            self.last_impl = "triton"
+            return sliding_window_attention(q, k, v, W, scale=scale, causal=causal)
         block = max(32, min(512, W))
         mask = self.mask(causal)
         hi = (lambda p: p) if causal else (lambda p: p + W - 1)
@@ -110,6 +115,15 @@ class BlockSparseAttention(Attention):
         check_shapes(q, k, v)
         T, S, b = q.shape[2], k.shape[2], self.params.block
         offset = S - T
+        # the kernel's layout is on query blocks; it equals ours when blocks align (T == S, say)
+        if offset % b == 0 and b >= 16 and not b & (b - 1) and use_triton(q, k, v, score_mod):
+            from lceval.kernels import block_sparse_attention
+
+            nq, nk = -(-T // b), -(-S // b)
+            qb = torch.arange(nq, device=q.device)[:, None] + offset // b
+            layout = self.block_visible(qb, torch.arange(nk, device=q.device)[None, :], causal)[None]
+            self.last_impl = "triton"
+            return block_sparse_attention(q, k, v, layout, b, causal=causal, scale=scale)
         mask = self.mask(causal)
         n_kb = (S + b - 1) // b
 
