@@ -209,7 +209,7 @@ def resolve(data: dict, base_dir: Path) -> Resolved:
                 label = p.label if p.label and len(models) * len(attns) == 1 else f"{m}/{attn.label}"
                 pairings.append(Pairing(model=m, attention=a, label=label))
     seen: set[str] = set()
-    for i, p in enumerate(pairings):
+    for p in pairings:
         if p.label in seen:
             raise ConfigError("pairings", f"pairing {p.label!r} appears twice; give each pairing a distinct label")
         seen.add(p.label)
@@ -315,7 +315,7 @@ def _allowed_keys(model_cls, loc) -> list[str]:
 
 def _unwrap(tp):
     """Strip Optional / unions down to the first pydantic model or container."""
-    for arg in typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType")) else ():
+    for arg in typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, __import__("types").UnionType) else ():
         if arg is not type(None):
             return _unwrap(arg)
     return tp

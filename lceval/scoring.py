@@ -41,7 +41,7 @@ def score_batch(model, samples: list[Sample], device="cpu") -> list[Score]:
     correct = (pred == answer).all(-1) & finite
     return [
         Score(bool(c), float(x), p.tolist(), bool(f))
-        for c, x, p, f in zip(correct.tolist(), lp.tolist(), pred, finite.tolist())
+        for c, x, p, f in zip(correct.tolist(), lp.tolist(), pred, finite.tolist(), strict=True)
     ]
 
 

@@ -20,8 +20,8 @@ import pydantic
 
 from lceval.errors import UserError
 from lceval.task import Sample, Task, TaskConfig, TrainingExample
-from lceval.tokenizer import TextTokenizer
 from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool
+from lceval.tokenizer import TextTokenizer
 
 KEYS = [
     "apple", "anchor", "badger", "banjo", "cactus", "canyon", "cobalt", "comet", "dahlia", "dolphin", "ember",
@@ -116,7 +116,7 @@ class NeedleInAHaystack(Task):
         k = int(rng.integers(1, self.config.train_needles + 1))
         keys = rng.choice(len(KEYS), size=k, replace=False)
         vals = [self.values()[j] for j in rng.integers(self.config.n_values, size=k)]
-        needles = [tokenizer.piece(NEEDLE.format(key=KEYS[a], value=v)) for a, v in zip(keys, vals)]
+        needles = [tokenizer.piece(NEEDLE.format(key=KEYS[a], value=v)) for a, v in zip(keys, vals, strict=True)]
         order = rng.permutation(k)
         qa = [(tokenizer.piece(QUESTION.format(key=KEYS[keys[j]])), tokenizer.piece(vals[j])) for j in order]
         prefix = tokenizer.prefix()
@@ -128,7 +128,7 @@ class NeedleInAHaystack(Task):
         cuts = sorted(_nearest(starts + [budget], float(x) * budget) for x in rng.random(k))
         ids = list(prefix)
         prev = 0
-        for cut, needle in zip(cuts, needles):
+        for cut, needle in zip(cuts, needles, strict=True):
             ids += hay[prev:cut] + needle
             prev = cut
         ids += hay[prev:]

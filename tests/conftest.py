@@ -14,9 +14,8 @@ if not torch.cuda.is_available():
 import pytest
 import yaml
 
-from lceval.config import read_yaml
+from lceval.config import ModelSpec, read_yaml
 from lceval.models.adapters import ReferenceAdapter
-from lceval.config import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"

@@ -35,7 +35,7 @@ def test_teacher_forcing_matches_greedy_multi_token():
     assert [s.correct for s in scores] == expected
     assert sum(expected) == 8
     # log-probability equals the sum over answer positions of a full forward's log-softmax
-    for s, sc in zip(samples, scores):
+    for s, sc in zip(samples, scores, strict=True):
         ids = torch.tensor([s.input_ids + s.answer_ids])
         with torch.no_grad():
             logp = torch.log_softmax(model(ids)[0], -1)
@@ -50,5 +50,5 @@ def test_trained_model_scoring_equals_greedy(quickstart_rotary):
     task = NeedleInAHaystack(NiahConfig(lengths=[200], depths=[0.0, 0.5, 1.0], samples=6), seed=5)
     samples = task.samples(tok)
     scores = score_batch(model, samples)
-    for s, sc in zip(samples, scores):
+    for s, sc in zip(samples, scores, strict=True):
         assert sc.correct == (greedy_decode(model, s.input_ids, len(s.answer_ids)) == s.answer_ids)

@@ -58,7 +58,7 @@ def _tile(q, K, V, qpos, start_n, row_vis, k_base, v_base, stride_ks, stride_vs,
 
 @triton.jit
 def attention_fwd_kernel(
-    Q, K, V, O, LSE, LUT, LUT_N,
+    Q, K, V, O, LSE, LUT, LUT_N,  # noqa: E741
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,

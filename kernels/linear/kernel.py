@@ -27,7 +27,7 @@ def _phi(x, valid, FEATURE: tl.constexpr):
 
 @triton.jit
 def linear_attention_fwd_kernel(
-    Q, K, V, O,
+    Q, K, V, O,  # noqa: E741
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,
@@ -55,7 +55,8 @@ def linear_attention_fwd_kernel(
     for s0 in range(0, n_absorb, CHUNK):
         rows = s0 + offs_c
         ok = (rows[:, None] < n_absorb) & d_ok
-        fk = _phi(tl.load(k_base + rows[:, None] * stride_ks + offs_d[None, :], mask=ok, other=0.0).to(tl.float32), ok, FEATURE)
+        k = tl.load(k_base + rows[:, None] * stride_ks + offs_d[None, :], mask=ok, other=0.0)
+        fk = _phi(k.to(tl.float32), ok, FEATURE)
         v = tl.load(v_base + rows[:, None] * stride_vs + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
         state += tl.dot(tl.trans(fk), v, input_precision=PRECISION)
         z += tl.sum(fk, 0)
@@ -63,13 +64,15 @@ def linear_attention_fwd_kernel(
     for t0 in range(0, T, CHUNK):
         rows = t0 + offs_c
         q_ok = (rows[:, None] < T) & d_ok
-        fq = _phi(tl.load(q_base + rows[:, None] * stride_qt + offs_d[None, :], mask=q_ok, other=0.0).to(tl.float32), q_ok, FEATURE)
+        q = tl.load(q_base + rows[:, None] * stride_qt + offs_d[None, :], mask=q_ok, other=0.0)
+        fq = _phi(q.to(tl.float32), q_ok, FEATURE)
         num = tl.dot(fq, state, input_precision=PRECISION)  # (CHUNK, BLOCK_D)
         den = tl.sum(fq * z[None, :], 1)
         if CAUSAL:
             krows = PREFIX + rows  # the keys aligned with this chunk's queries
             k_ok = (rows[:, None] < T) & d_ok
-            fk = _phi(tl.load(k_base + krows[:, None] * stride_ks + offs_d[None, :], mask=k_ok, other=0.0).to(tl.float32), k_ok, FEATURE)
+            k = tl.load(k_base + krows[:, None] * stride_ks + offs_d[None, :], mask=k_ok, other=0.0)
+            fk = _phi(k.to(tl.float32), k_ok, FEATURE)
             v = tl.load(v_base + krows[:, None] * stride_vs + offs_d[None, :], mask=k_ok, other=0.0).to(tl.float32)
             a = tl.dot(fq, tl.trans(fk), input_precision=PRECISION)  # (CHUNK, CHUNK)
             a = tl.where(offs_c[None, :] <= offs_c[:, None], a, 0.0)

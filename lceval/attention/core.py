@@ -167,7 +167,7 @@ def blocked_attention(
         qb = q[:, :, q0:q1] * sc  # (B, H, bq, D)
         qi = positions(q0, q1, offset, q.device)[:, None]
         m = q.new_full((B, H, q1 - q0, 1), float("-inf"))
-        l = q.new_zeros((B, H, q1 - q0, 1))
+        denom = q.new_zeros((B, H, q1 - q0, 1))
         acc = q.new_zeros((B, H, q1 - q0, D))
         for k0, k1, needs_mask in key_blocks(q0, q1):
             s = torch.matmul(qb, kk[:, :, k0:k1].transpose(-1, -2))  # (B, H, bq, bk)
@@ -180,12 +180,12 @@ def blocked_attention(
             m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
             p = torch.exp(s - m_safe)
             alpha = torch.exp(m - m_safe)
-            l = l * alpha + p.sum(dim=-1, keepdim=True)
+            denom = denom * alpha + p.sum(dim=-1, keepdim=True)
             acc = acc * alpha + torch.matmul(p, vv[:, :, k0:k1])
             m = m_new
-        outs.append(acc / torch.where(l > 0, l, torch.ones_like(l)))
+        outs.append(acc / torch.where(denom > 0, denom, torch.ones_like(denom)))
         if return_lse:
-            lses.append(torch.where(l > 0, m + torch.log(l), torch.full_like(l, float("-inf"))))
+            lses.append(torch.where(denom > 0, m + torch.log(denom), torch.full_like(denom, float("-inf"))))
     out = torch.cat(outs, dim=2)
     if return_lse:
         return out, torch.cat(lses, dim=2).squeeze(-1)

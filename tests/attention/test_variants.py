@@ -141,7 +141,7 @@ def test_gradients_match_oracle(name, params):
     exact = [x.clone().double().requires_grad_() for x in (q, k, v)]
     (reference(name, params, *exact, True) * w.double()).sum().backward()
     grads = ([x.grad.double() for x in ours], [x.grad for x in exact])
-    for got, want in zip(*grads):
+    for got, want in zip(*grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
 
 

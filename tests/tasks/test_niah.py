@@ -108,7 +108,7 @@ def test_training_example_labels_answers():
     ex = task.training_example(np.random.default_rng(0), 128, tok)
     assert len(ex.ids) == 128 and ex.label_positions
     values = set(task.values())
-    for p, lab in zip(ex.label_positions, ex.labels):
+    for p, lab in zip(ex.label_positions, ex.labels, strict=True):
         assert ex.ids[p + 1] == lab and tok.decode([lab]) in values
         # the answer is recallable: the same key/value needle appears earlier
         assert ex.ids[:p].count(lab) >= 1
