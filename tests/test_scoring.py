@@ -52,3 +52,20 @@ def test_trained_model_scoring_equals_greedy(quickstart_rotary):
     scores = score_batch(model, samples)
     for s, sc in zip(samples, scores, strict=True):
         assert sc.correct == (greedy_decode(model, s.input_ids, len(s.answer_ids)) == s.answer_ids)
+
+
+def test_training_is_deterministic_from_its_seed(tmp_path):
+    from safetensors.torch import load_file
+
+    from lceval.config import TrainRecipe
+    from lceval.train import train
+
+    recipe = TrainRecipe(d_model=16, n_layers=1, steps=5, batch_size=4, eval_samples=8, seed=7)
+    cards = [train(recipe, tmp_path / name, progress=False) for name in ("a", "b")]
+    wa, wb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert cards[0]["measured"] == cards[1]["measured"]
+    other = train(recipe.model_copy(update={"seed": 8}), tmp_path / "c", progress=False)
+    assert other is not None
+    wc = load_file(str(tmp_path / "c" / "model.safetensors"))
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)

@@ -111,6 +111,22 @@ class BlockSparseAttention(Attention):
     def format_layout(self, n_blocks: int, causal: bool = True) -> str:
         return "\n".join("".join("#" if x else "." for x in row) for row in self.layout(n_blocks, causal).tolist())
 
+    def plot_layout(self, n_blocks: int, path, causal: bool = True) -> None:
+        """Save the block layout as a PNG (query blocks down, key blocks across)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.imshow(self.layout(n_blocks, causal).numpy(), cmap="Greys", vmin=0, vmax=1)
+        ax.set_xlabel("key block")
+        ax.set_ylabel("query block")
+        ax.set_title(self.label, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
     def __call__(self, q, k, v, causal=True, score_mod=None, scale=None) -> Tensor:
         check_shapes(q, k, v)
         T, S, b = q.shape[2], k.shape[2], self.params.block

@@ -1,0 +1,55 @@
+"""Sliding window and sparse visit only the keys they can see (work proportional to visible keys)."""
+
+from __future__ import annotations
+
+import torch
+
+import lceval.attention.sparse as sparse_mod
+from lceval.attention import build_attention
+
+
+def visited_keys(monkeypatch, name, params, T):
+    """Sum over query blocks of the key positions the blocked engine is asked to visit."""
+    seen = {"keys": 0, "blocks": 0}
+    real = sparse_mod.blocked_attention
+
+    def spy(q, k, v, *, key_blocks, block_q, **kw):
+        def counted(q0, q1):
+            for k0, k1, needs_mask in key_blocks(q0, q1):
+                seen["keys"] += (k1 - k0) * (q1 - q0)
+                seen["blocks"] += 1
+                yield k0, k1, needs_mask
+
+        return real(q, k, v, key_blocks=counted, block_q=block_q, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(sparse_mod, "blocked_attention", spy)
+        q = torch.randn(1, 1, T, 16)
+        build_attention(name, **params)(q, q, q, causal=True)
+    return seen
+
+
+def test_sliding_window_work_grows_with_n_times_w(monkeypatch):
+    W, T = 64, 4096
+    seen = visited_keys(monkeypatch, "sliding_window", {"window": W}, T)
+    # each query row is offered at most its window plus one query block of slack
+    assert seen["keys"] <= T * (W + 64)
+    # doubling the length doubles the work (quadratic work would quadruple it)
+    half = visited_keys(monkeypatch, "sliding_window", {"window": W}, T // 2)
+    assert 1.9 <= seen["keys"] / half["keys"] <= 2.1
+
+
+def test_sparse_work_proportional_to_visible_blocks(monkeypatch):
+    params = {"block": 64, "local_blocks": 2, "global_blocks": 1}
+    T = 4096
+    seen = visited_keys(monkeypatch, "sparse", params, T)
+    n = T // 64
+    visible_blocks = int(build_attention("sparse", **params).layout(n).sum())
+    assert seen["blocks"] == visible_blocks  # exactly the layout's nonzero blocks
+    assert seen["keys"] == visible_blocks * 64 * 64
+
+
+def test_plot_layout(tmp_path):
+    attn = build_attention("sparse", block=16, local_blocks=3, global_blocks=1, stride=4)
+    attn.plot_layout(12, tmp_path / "layout.png")
+    assert (tmp_path / "layout.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
