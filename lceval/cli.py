@@ -59,7 +59,12 @@ def run(config, out, overrides, dry_run, limit, no_progress):
         click.echo(f"prompt tokens to process: {runner.estimate_tokens():,}")
         click.echo(f"run directory: {out}")
         return
-    summary = runner.run(out)
+    try:
+        summary = runner.run(out)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: rows written so far are kept in {out}; run the same command again to resume",
+                   err=True)
+        sys.exit(130)
     report = build_report(out)
     counts = ", ".join(f"{k}={v}" for k, v in sorted(summary.status_counts.items()))
     click.echo(f"rows written this time: {summary.written} (already done: {summary.skipped_done}); statuses: {counts}")

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from lceval import registry
 from lceval.config import Pairing, Resolved
+from lceval.errors import ConfigError
 from lceval.models.adapters import ModelAdapter
 from lceval.scoring import score_batch
 from lceval.store import ResultsStore
@@ -51,6 +52,8 @@ def config_hash(resolved: Resolved, limit: int | None) -> str:
 def pick_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device", "cuda was asked for but no CUDA device is visible; use auto or cpu")
     return name
 
 

@@ -78,6 +78,8 @@ class ResultsStore:
 
     def __init__(self, run_dir: Path, manifest: dict):
         self.dir = Path(run_dir)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise UserError(f"--out {self.dir} is a file, not a directory; pass a directory for the run")
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = (self.dir / LOCK).open("a+")
         try:

@@ -120,6 +120,13 @@ class ExplodingAttention(FullAttention):
         return super().__call__(q, k, v, causal, score_mod, scale)
 
 
+class OOMAttention(FullAttention):
+    name = "oom"
+
+    def __call__(self, q, k, v, causal=True, score_mod=None, scale=None):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+
 class NaNAttention(FullAttention):
     name = "nan"
 
@@ -130,8 +137,9 @@ class NaNAttention(FullAttention):
 def test_failing_cells_recorded_and_run_goes_on(quickstart_rotary, write_config, tmp_path):
     registry.attention.register("exploding", ExplodingAttention)
     registry.attention.register("nan", NaNAttention)
+    registry.attention.register("oom", OOMAttention)
     data = small_config(quickstart_rotary)
-    data["pairings"] = [{"model": "m", "attention": ["exploding", "nan", "full"]}]
+    data["pairings"] = [{"model": "m", "attention": ["exploding", "nan", "oom", "full"]}]
     res = run_cli([write_config(data), "--out", tmp_path / "f"])
     assert res.exit_code == 1
     rows = read_rows(tmp_path / "f")
@@ -140,9 +148,22 @@ def test_failing_cells_recorded_and_run_goes_on(quickstart_rotary, write_config,
         by.setdefault((r["attention"], r["context_length"]), set()).add(r["status"])
     assert by[("exploding", 64)] == {"ok"} and by[("exploding", 128)] == {"error"}
     assert by[("nan", 64)] == by[("nan", 128)] == {"nonfinite"}
+    assert by[("oom", 64)] == by[("oom", 128)] == {"oom"}
     assert by[("full", 64)] == by[("full", 128)] == {"ok"}
     assert any("boom in plugin" in (r["message"] or "") for r in rows)
-    assert len(rows) == 3 * 18
+    assert any("80.00 GiB" in (r["message"] or "") for r in rows if r["status"] == "oom")
+    assert len(rows) == 4 * 18
+    assert "samples failed" in res.stderr
+
+
+def test_out_is_a_file_and_cuda_without_gpu(quickstart_rotary, write_config, tmp_path):
+    cfg = write_config(small_config(quickstart_rotary))
+    (tmp_path / "afile").write_text("x")
+    res = run_cli([cfg, "--out", tmp_path / "afile"])
+    assert res.exit_code == 2 and "is a file, not a directory" in res.stderr
+    if not torch.cuda.is_available():
+        res = run_cli([cfg, "--out", tmp_path / "r", "--set", "run.device=cuda"])
+        assert res.exit_code == 2 and "run.device: cuda was asked for" in res.stderr
 
 
 def test_report_command_rebuilds_offline(quickstart_rotary, write_config, tmp_path):
@@ -155,3 +176,21 @@ def test_report_command_rebuilds_offline(quickstart_rotary, write_config, tmp_pa
     assert res.exit_code == 0 and (tmp_path / "r" / "report" / "cells.csv").read_text() == first
     res = CliRunner().invoke(main, ["report", str(tmp_path / "nothing")])
     assert res.exit_code == 2
+
+
+def test_ctrl_c_keeps_rows_and_says_how_to_resume(quickstart_rotary, write_config, tmp_path):
+    data = small_config(quickstart_rotary)
+    data["run"]["batch_size"] = 1
+    data["tasks"]["niah"] = {"lengths": [128, 256, 512], "depths": [0.0, 0.5, 1.0], "samples": 10}
+    out = tmp_path / "int"
+    proc = subprocess.Popen([sys.executable, "-m", "lceval.cli", "run", str(write_config(data)), "--out", str(out),
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_rows(out)) < 10:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    kept = len(read_rows(out))
+    assert 10 <= kept < 2 * 90
