@@ -56,6 +56,11 @@ class TextTokenizer:
         raw = self.backend.to_str() if isinstance(self.backend, Tokenizer) else str(sorted(self.backend.get_vocab().items()))
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
+    @classmethod
+    def from_hf(cls, tokenizer) -> TextTokenizer:
+        """Wrap a transformers tokenizer (its BOS token, if any, starts every prompt)."""
+        return cls(tokenizer, bos_id=tokenizer.bos_token_id, name=type(tokenizer).__name__)
+
     # -- persistence ------------------------------------------------------------------
     def save(self, path: Path) -> None:
         self.backend.save(str(path))

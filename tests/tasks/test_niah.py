@@ -112,3 +112,17 @@ def test_training_example_labels_answers():
         assert ex.ids[p + 1] == lab and tok.decode([lab]) in values
         # the answer is recallable: the same key/value needle appears earlier
         assert ex.ids[:p].count(lab) >= 1
+
+
+def test_hugging_face_tokenizer():
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe_tokenizer().backend, bos_token="<s>")
+    tok = TextTokenizer.from_hf(hf)
+    assert tok.bos_id == hf.bos_token_id and tok.vocab_size == len(hf)
+    task = make_task(lengths=[100, 333], depths=[0.0, 0.5, 1.0], samples=2)
+    for s in task.samples(tok):
+        assert len(s.input_ids) == s.meta["context_length"] == int(s.id.split("/")[1][1:])
+        assert s.input_ids[0] == hf.bos_token_id
+        body = s.input_ids[1:]
+        assert hf.encode(hf.decode(body), add_special_tokens=False) == body
+    assert tok.fingerprint() == TextTokenizer.from_hf(hf).fingerprint()
