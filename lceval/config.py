@@ -118,10 +118,6 @@ class Pairing(pydantic.BaseModel):
     attention: AttentionSpec
     label: str
 
-    @property
-    def key(self) -> str:
-        return self.label
-
 
 class Resolved(pydantic.BaseModel):
     """A validated config with pairings expanded and task configs typed."""

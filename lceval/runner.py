@@ -103,8 +103,9 @@ class Runner:
                     "pairings": [p.model_dump(mode="json") for p in self.r.pairings]}
         summary = RunSummary(Path(out_dir))
         with ResultsStore(out_dir, manifest) as store:
-            for name in dict.fromkeys(p.model for p in self.r.pairings):
-                self.adapter(name)  # train or load every model before the run's progress bar opens
+            models = {name: self.adapter(name).describe()  # train or load every model before the progress bar
+                      for name in dict.fromkeys(p.model for p in self.r.pairings)}
+            (Path(out_dir) / "models.json").write_text(json.dumps(models, indent=2) + "\n")
             summary.skipped_done = len(store.done)
             bar = tqdm(total=self.grid_size(), initial=len(store.done), desc="lceval run", unit="sample",
                        disable=not self.progress, dynamic_ncols=True)

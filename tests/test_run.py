@@ -45,6 +45,9 @@ def test_run_writes_report_and_full_equals_flash(quickstart_rotary, write_config
     flash = {r["sample_id"]: r["correct"] for r in rows if r["attention"] == "flash"}
     assert full == flash
     assert {r["impl"] for r in rows} == {"torch.eager", "torch.sdpa_flash"}
+    models = json.loads((out / "models.json").read_text())
+    assert models["m"]["path"] == str(quickstart_rotary) and models["m"]["position"] == "rotary"
+    assert models["m"]["measured"]["accuracy"] >= 0.95
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seed"] == 0 and "torch" in manifest["versions"] and "git_commit" in manifest
     summary = (out / "report" / "summary.md").read_text()

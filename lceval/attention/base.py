@@ -41,9 +41,6 @@ class Attention:
         args = ",".join(f"{_short(k)}={v}" for k, v in self.params.model_dump(exclude_defaults=True).items())
         return f"{self.name}({args})" if args else self.name
 
-    def spec(self) -> dict:
-        return {"name": self.name, **self.params.model_dump()}
-
     def __repr__(self) -> str:
         return f"<attention {self.label}>"
 

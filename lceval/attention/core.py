@@ -43,20 +43,6 @@ def window_mask(window: int, causal: bool) -> MaskFn:
     return mask
 
 
-def and_masks(*masks: MaskFn | None) -> MaskFn | None:
-    present = [m for m in masks if m is not None]
-    if not present:
-        return None
-
-    def mask(qi: Tensor, kj: Tensor) -> Tensor:
-        out = present[0](qi, kj)
-        for m in present[1:]:
-            out = out & m(qi, kj)
-        return out
-
-    return mask
-
-
 # --- helpers ----------------------------------------------------------------------------
 def check_shapes(q: Tensor, k: Tensor, v: Tensor) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
@@ -148,8 +134,7 @@ def blocked_attention(
     score_mod: ScoreMod | None = None,
     scale: float | None = None,
     block_q: int = 256,
-    return_lse: bool = False,
-):
+) -> Tensor:
     """Attention over the key blocks ``key_blocks(q0, q1)`` yields, with online softmax.
 
     Memory is O(block_q * block_k) per step, so it grows linearly with length.
@@ -161,7 +146,7 @@ def blocked_attention(
     offset = S - T
     kk, vv = repeat_kv(k, H), repeat_kv(v, H)
     sc = default_scale(D, scale)
-    outs, lses = [], []
+    outs = []
     for q0 in range(0, T, block_q):
         q1 = min(q0 + block_q, T)
         qb = q[:, :, q0:q1] * sc  # (B, H, bq, D)
@@ -184,9 +169,4 @@ def blocked_attention(
             acc = acc * alpha + torch.matmul(p, vv[:, :, k0:k1])
             m = m_new
         outs.append(acc / torch.where(denom > 0, denom, torch.ones_like(denom)))
-        if return_lse:
-            lses.append(torch.where(denom > 0, m + torch.log(denom), torch.full_like(denom, float("-inf"))))
-    out = torch.cat(outs, dim=2)
-    if return_lse:
-        return out, torch.cat(lses, dim=2).squeeze(-1)
-    return out
+    return torch.cat(outs, dim=2)
