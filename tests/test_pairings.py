@@ -93,3 +93,17 @@ def test_train_refuses_alibi_linear(write_config):
     recipe = {"position": "alibi", "attention": "linear", "out": "x"}
     res = CliRunner().invoke(main, ["train", str(write_config(recipe))])
     assert res.exit_code == 2 and "train.attention: linear attention cannot apply alibi" in res.stderr
+
+
+def test_shipped_training_recipe(tmp_path):
+    from conftest import ROOT
+
+    out = tmp_path / "ckpt"
+    res = CliRunner().invoke(main, ["train", str(ROOT / "configs" / "train_learned.yaml"), "--out", str(out),
+                                    "--set", "steps=3", "--set", "eval_samples=4", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    card = json.loads((out / "card.json").read_text())
+    assert card["architecture"]["position"] == "learned" and card["architecture"]["max_length"] == 128
+    assert card["recipe"]["steps"] == 3 and card["measured"]["samples"] == 5  # 4 // 5 cells -> 1 per cell
