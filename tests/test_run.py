@@ -52,6 +52,10 @@ def test_run_writes_report_and_full_equals_flash(quickstart_rotary, write_config
     assert manifest["seed"] == 0 and "torch" in manifest["versions"] and "git_commit" in manifest
     summary = (out / "report" / "summary.md").read_text()
     assert "| m/full |" in summary and "| m/flash |" in summary and "effective_length" in summary
+    page = (out / "report" / "report.html").read_text()
+    pngs = sorted(p.name for p in (out / "report").glob("*.png"))
+    assert page.count("src='data:image/png;base64,") == len(pngs) == 3  # self-contained: no file links
+    assert "<td>m/full</td>" in page and "<td>m/flash</td>" in page
 
 
 def test_same_seed_same_results(quickstart_rotary, write_config, tmp_path):
