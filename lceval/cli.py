@@ -78,14 +78,16 @@ def run(config, out, overrides, dry_run, limit, no_progress):
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--threshold", type=click.FloatRange(0, 100, min_open=True),
+              help="Percent accuracy for the effective length (default: the run's report.threshold).")
 @user_errors
-def report(run_dir):
+def report(run_dir, threshold):
     """Rebuild the report of RUN_DIR from its stored results (offline)."""
     from lceval.report import build_report
 
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory; pass the --out directory of an lceval run")
-    path = build_report(run_dir)
+    path = build_report(run_dir, threshold=threshold)
     click.echo(f"report: {path}")
 
 

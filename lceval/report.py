@@ -172,12 +172,15 @@ def markdown_table(t: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def build_report(run_dir: Path) -> Path:
-    """Write ``report/`` inside the run directory; returns the summary path."""
+def build_report(run_dir: Path, threshold: float | None = None) -> Path:
+    """Write ``report/`` inside the run directory; returns the summary path.
+
+    ``threshold`` (percent) overrides the run's ``report.threshold`` for this report.
+    """
     run_dir = Path(run_dir)
     manifest = json.loads((run_dir / MANIFEST).read_text()) if (run_dir / MANIFEST).exists() else {}
     rep_cfg = manifest.get("config", {}).get("report", {})
-    threshold = float(rep_cfg.get("threshold", 85.6))
+    threshold = float(threshold if threshold is not None else rep_cfg.get("threshold", 85.6))
     bins = int(rep_cfg.get("distance_bins", 8))
     df = load_frame(run_dir)
     out = run_dir / "report"

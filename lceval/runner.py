@@ -45,7 +45,8 @@ class RunSummary:
 
 
 def config_hash(resolved: Resolved, limit: int | None) -> str:
-    payload = {"config": resolved.config.model_dump(mode="json"), "limit": limit}
+    """What decides the rows: the config without its report settings, and --limit."""
+    payload = {"config": resolved.config.model_dump(mode="json", exclude={"report"}), "limit": limit}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -106,15 +106,23 @@ class ResultsStore:
             old = json.loads(path.read_text())
             if old.get("config_hash") != manifest["config_hash"]:
                 self.close()
-                raise UserError(f"{self.dir} holds a run with a different config; pass a new --out "
+                what = "--limit" if old.get("limit") != manifest.get("limit") else "config"
+                raise UserError(f"{self.dir} holds a run with a different {what}; pass a new --out "
                                 f"to start another run, or delete the directory to start over")
             self.resumed = True
+            new_report = manifest.get("config", {}).get("report")
+            if new_report is not None and old.get("config", {}).get("report") != new_report:
+                old["config"]["report"] = new_report  # report settings change no row: take the new ones
+                self._write_manifest(old)
             return
         self.resumed = False
-        full = {"schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "argv": sys.argv, "versions": package_versions(), "git_commit": git_commit(), **manifest}
+        self._write_manifest({"schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                              "argv": sys.argv, "versions": package_versions(), "git_commit": git_commit(), **manifest})
+
+    def _write_manifest(self, manifest: dict) -> None:
+        path = self.dir / MANIFEST
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(full, indent=2, default=str) + "\n")
+        tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         tmp.replace(path)
 
     def _repair_tail(self) -> None:

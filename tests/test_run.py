@@ -115,7 +115,16 @@ def test_changed_config_refused_on_same_dir(quickstart_rotary, write_config, tmp
     before = (tmp_path / "r" / "results.jsonl").read_bytes()
     res = run_cli([cfg, "--out", tmp_path / "r", "--set", "tasks.niah.samples=4"])
     assert res.exit_code == 2 and "different config" in res.stderr
+    res = run_cli([cfg, "--out", tmp_path / "r", "--limit", "1"])
+    assert res.exit_code == 2 and "different --limit" in res.stderr
     assert (tmp_path / "r" / "results.jsonl").read_bytes() == before  # nothing lost
+    # report settings change no row: the run resumes (nothing to do) and the report uses them
+    res = run_cli([cfg, "--out", tmp_path / "r", "--set", "report.threshold=10"])
+    assert res.exit_code == 0 and "already done: 36" in res.output
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["config"]["report"]["threshold"] == 10
+    assert "mean accuracy >= 10%" in (tmp_path / "r" / "report" / "summary.md").read_text()
+    res = CliRunner().invoke(main, ["report", str(tmp_path / "r"), "--threshold", "99.5"])
+    assert res.exit_code == 0 and "mean accuracy >= 99.5%" in (tmp_path / "r" / "report" / "summary.md").read_text()
 
 
 class ExplodingAttention(FullAttention):
