@@ -1,9 +1,17 @@
-"""Chunked linear-attention forward kernel (Triton).
+"""Chunked linear-attention forward kernels (Triton), parallel over chunks.
 
-One program per (batch x head) walks the sequence in chunks: inside a chunk
-the causal part is a small quadratic product, across chunks a float32 state
-sum_j phi(k_j)^T v_j and normaliser sum_j phi(k_j) carry the past, so memory
-is O(D^2) per head whatever the length.
+Two kernels, both parallel over (chunk, batch x head, value-dim tile):
+
+1. ``chunk_state_kernel``: for each key chunk c, the float32 summaries
+   S_c = phi(K_c)^T V_c (D x D) and z_c = sum_j phi(k_j) (D), computed once per
+   key/value head (grouped query heads share them).
+2. ``chunk_output_kernel``: for each query chunk, the output from the prefix
+   state (the sum of the summaries of all earlier chunks, an exclusive cumsum
+   done between the two launches) plus the causal intra-chunk quadratic term:
+   out = (phi(Q_c) S_prefix + A V_c) / (phi(Q_c) z_prefix + rowsum A),
+   A = tril(phi(Q_c) phi(K_c)^T).
+
+Memory is one D x D state per chunk: linear in the length.
 """
 
 from __future__ import annotations
@@ -26,59 +34,81 @@ def _phi(x, valid, FEATURE: tl.constexpr):
 
 
 @triton.jit
-def linear_attention_fwd_kernel(
-    Q, K, V, O,  # noqa: E741
+def chunk_state_kernel(
+    K, V, STATE, Z,
+    stride_kb, stride_kh, stride_ks,
+    stride_vb, stride_vh, stride_vs,
+    H_KV, N_KEYS, KEY_START, N_CHUNKS,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, CHUNK: tl.constexpr,
+    FEATURE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """STATE[b, h, c, :, dv] = phi(K_c)^T V_c[:, dv]; Z[b, h, c, :] = sum phi(K_c) (dv tile 0 writes it)."""
+    c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_dv = tl.program_id(2)
+    b = pid_bh // H_KV
+    h = pid_bh % H_KV
+    rows = c * CHUNK + tl.arange(0, CHUNK)
+    keys = KEY_START + rows
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = pid_dv * BLOCK_DV + tl.arange(0, BLOCK_DV)
+    row_ok = rows[:, None] < N_KEYS
+    k_ok = row_ok & (offs_d[None, :] < D)
+    k = tl.load(K + b * stride_kb + h * stride_kh + keys[:, None] * stride_ks + offs_d[None, :], mask=k_ok, other=0.0)
+    fk = _phi(k.to(tl.float32), k_ok, FEATURE)  # (CHUNK, BLOCK_D)
+    v_ok = row_ok & (offs_dv[None, :] < D)
+    v = tl.load(V + b * stride_vb + h * stride_vh + keys[:, None] * stride_vs + offs_dv[None, :], mask=v_ok, other=0.0)
+    s = tl.dot(tl.trans(fk), v.to(tl.float32), input_precision=PRECISION)  # (BLOCK_D, BLOCK_DV)
+    base = (pid_bh * N_CHUNKS + c) * D
+    tl.store(STATE + (base + offs_d[:, None]) * D + offs_dv[None, :], s,
+             mask=(offs_d[:, None] < D) & (offs_dv[None, :] < D))
+    if pid_dv == 0:
+        tl.store(Z + base + offs_d, tl.sum(fk, 0), mask=offs_d < D)
+
+
+@triton.jit
+def chunk_output_kernel(
+    Q, K, V, O, STATE, Z,  # noqa: E741
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kh, stride_ks,
     stride_vb, stride_vh, stride_vs,
     stride_ob, stride_oh, stride_ot,
-    H, GROUP, T, S, PREFIX,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+    H, GROUP, T, KEY_START, N_CHUNKS,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, CHUNK: tl.constexpr,
     FEATURE: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = pid // H
-    h = pid % H
+    """One query chunk: prefix state (STATE/Z hold each chunk's prefix, or the total if not causal) + intra term."""
+    c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_dv = tl.program_id(2)
+    b = pid_bh // H
+    h = pid_bh % H
     hk = h // GROUP
     offs_c = tl.arange(0, CHUNK)
+    rows = c * CHUNK + offs_c
     offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d[None, :] < D
-    q_base = Q + b * stride_qb + h * stride_qh
-    k_base = K + b * stride_kb + hk * stride_kh
-    v_base = V + b * stride_vb + hk * stride_vh
-    o_base = O + b * stride_ob + h * stride_oh
-    state = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)  # sum phi(k)^T v
-    z = tl.zeros([BLOCK_D], dtype=tl.float32)  # sum phi(k)
-
-    # keys every query sees: all of them (non-causal) or the PREFIX = S - T before the first query
-    n_absorb = S if not CAUSAL else PREFIX
-    for s0 in range(0, n_absorb, CHUNK):
-        rows = s0 + offs_c
-        ok = (rows[:, None] < n_absorb) & d_ok
-        k = tl.load(k_base + rows[:, None] * stride_ks + offs_d[None, :], mask=ok, other=0.0)
-        fk = _phi(k.to(tl.float32), ok, FEATURE)
-        v = tl.load(v_base + rows[:, None] * stride_vs + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
-        state += tl.dot(tl.trans(fk), v, input_precision=PRECISION)
-        z += tl.sum(fk, 0)
-
-    for t0 in range(0, T, CHUNK):
-        rows = t0 + offs_c
-        q_ok = (rows[:, None] < T) & d_ok
-        q = tl.load(q_base + rows[:, None] * stride_qt + offs_d[None, :], mask=q_ok, other=0.0)
-        fq = _phi(q.to(tl.float32), q_ok, FEATURE)
-        num = tl.dot(fq, state, input_precision=PRECISION)  # (CHUNK, BLOCK_D)
-        den = tl.sum(fq * z[None, :], 1)
-        if CAUSAL:
-            krows = PREFIX + rows  # the keys aligned with this chunk's queries
-            k_ok = (rows[:, None] < T) & d_ok
-            k = tl.load(k_base + krows[:, None] * stride_ks + offs_d[None, :], mask=k_ok, other=0.0)
-            fk = _phi(k.to(tl.float32), k_ok, FEATURE)
-            v = tl.load(v_base + krows[:, None] * stride_vs + offs_d[None, :], mask=k_ok, other=0.0).to(tl.float32)
-            a = tl.dot(fq, tl.trans(fk), input_precision=PRECISION)  # (CHUNK, CHUNK)
-            a = tl.where(offs_c[None, :] <= offs_c[:, None], a, 0.0)
-            num += tl.dot(a, v, input_precision=PRECISION)
-            den += tl.sum(a, 1)
-            state += tl.dot(tl.trans(fk), v, input_precision=PRECISION)
-            z += tl.sum(fk, 0)
-        out = num / tl.where(den > 0, den, 1.0)[:, None]
-        tl.store(o_base + rows[:, None] * stride_ot + offs_d[None, :], out.to(O.dtype.element_ty), mask=q_ok)
+    offs_dv = pid_dv * BLOCK_DV + tl.arange(0, BLOCK_DV)
+    row_ok = rows[:, None] < T
+    q_ok = row_ok & (offs_d[None, :] < D)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qt + offs_d[None, :], mask=q_ok, other=0.0)
+    fq = _phi(q.to(tl.float32), q_ok, FEATURE)  # (CHUNK, BLOCK_D)
+    sc = 0 if not CAUSAL else c  # non-causal: one total state at index 0
+    base = ((b * (H // GROUP) + hk) * N_CHUNKS + sc) * D
+    state = tl.load(STATE + (base + offs_d[:, None]) * D + offs_dv[None, :],
+                    mask=(offs_d[:, None] < D) & (offs_dv[None, :] < D), other=0.0)  # (BLOCK_D, BLOCK_DV)
+    z = tl.load(Z + base + offs_d, mask=offs_d < D, other=0.0)
+    num = tl.dot(fq, state, input_precision=PRECISION)  # (CHUNK, BLOCK_DV)
+    den = tl.sum(fq * z[None, :], 1)
+    if CAUSAL:
+        keys = KEY_START + rows
+        k = tl.load(K + b * stride_kb + hk * stride_kh + keys[:, None] * stride_ks + offs_d[None, :], mask=q_ok, other=0.0)
+        fk = _phi(k.to(tl.float32), q_ok, FEATURE)
+        v = tl.load(V + b * stride_vb + hk * stride_vh + keys[:, None] * stride_vs + offs_dv[None, :],
+                    mask=row_ok & (offs_dv[None, :] < D), other=0.0)
+        a = tl.dot(fq, tl.trans(fk), input_precision=PRECISION)  # (CHUNK, CHUNK)
+        a = tl.where(offs_c[None, :] <= offs_c[:, None], a, 0.0)
+        num += tl.dot(a, v.to(tl.float32), input_precision=PRECISION)
+        den += tl.sum(a, 1)
+    out = num / tl.where(den > 0, den, 1.0)[:, None]
+    tl.store(O + b * stride_ob + h * stride_oh + rows[:, None] * stride_ot + offs_dv[None, :], out.to(O.dtype.element_ty),
+             mask=row_ok & (offs_dv[None, :] < D))

@@ -29,12 +29,18 @@ def test_feature_maps_dtypes_dims(feature_map, dtype, D):
 
 
 @pytest.mark.parametrize("T,S", [(33, 129), (129, 33)])
-def test_cross_shapes_causal(T, S):
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_cross_shapes(T, S, causal):
     q, k, v = rand(1, 2, 2, T, S, 32)
-    out = linear_attention(q, k, v, causal=True)
-    check(out, linear_attention_ref, q, k, v, causal=True)
-    if T > S:
+    out = linear_attention(q, k, v, causal=causal)
+    check(out, linear_attention_ref, q, k, v, causal=causal)
+    if causal and T > S:
         assert out[:, :, : T - S].abs().max() == 0
+
+
+def test_head_dim_128_two_value_tiles():
+    q, k, v = rand(1, 2, 1, 70, 70, 128)
+    check(linear_attention(q, k, v), linear_attention_ref, q, k, v)
 
 
 def test_relu_rows_with_zero_mass_are_zero():
