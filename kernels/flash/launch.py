@@ -37,8 +37,8 @@ def dot_precision(dtype) -> str:
 
 
 def _tiles(D: int, mode_block: int | None):
-    if mode_block is not None:
-        return mode_block, mode_block, 4
+    if mode_block is not None:  # block-sparse: tiles are the layout's blocks
+        return mode_block, mode_block, 8 if mode_block >= 128 and D > 64 else 4
     if interpreting():
         return 32, 32, 4
     return (128, 64, 8) if D > 64 else (128, 64, 4)
