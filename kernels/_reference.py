@@ -1,9 +1,15 @@
-"""Shared plain-torch pieces of the kernels' references (readable, not fast)."""
+"""Shared plain-torch pieces of the kernels' references (readable, not fast).
+
+The softmax references run lceval's dense oracle (``lceval.attention.core``),
+which the attention tests check against an independent float64 definition.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from lceval.attention.core import dense_attention
 
 
 def positions(T: int, S: int, device) -> tuple[Tensor, Tensor]:
@@ -18,11 +24,4 @@ def masked_softmax_attention(q: Tensor, k: Tensor, v: Tensor, visible: Tensor, s
 
     q (B, H, T, D); k, v (B, H_kv, S, D); visible broadcastable to (B, H, T, S).
     """
-    H = q.shape[1]
-    k = k.repeat_interleave(H // k.shape[1], 1)
-    v = v.repeat_interleave(H // v.shape[1], 1)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    s = (q @ k.transpose(-1, -2)) * scale
-    s = s.masked_fill(~visible, float("-inf"))
-    w = torch.nan_to_num(torch.softmax(s, -1), nan=0.0)
-    return w @ v
+    return dense_attention(q, k, v, mask=lambda qi, kj: visible, scale=scale)

@@ -23,6 +23,7 @@ class TextTokenizer:
         self.bos_id = bos_id
         self.name = name
         self._cache: dict[str, list[int]] = {}
+        self._fingerprint: str | None = None
 
     # -- encoding ---------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -52,9 +53,12 @@ class TextTokenizer:
         return self.backend.get_vocab_size() if isinstance(self.backend, Tokenizer) else len(self.backend)
 
     def fingerprint(self) -> str:
-        """Stable id of the vocabulary, used to key sample caches."""
-        raw = self.backend.to_str() if isinstance(self.backend, Tokenizer) else str(sorted(self.backend.get_vocab().items()))
-        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+        """Stable id of the vocabulary, used to key sample caches (computed once)."""
+        if self._fingerprint is None:
+            backend = self.backend
+            raw = backend.to_str() if isinstance(backend, Tokenizer) else str(sorted(backend.get_vocab().items()))
+            self._fingerprint = hashlib.sha256(raw.encode()).hexdigest()[:16]
+        return self._fingerprint
 
     @classmethod
     def from_hf(cls, tokenizer) -> TextTokenizer:

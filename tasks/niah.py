@@ -53,10 +53,11 @@ class NeedleInAHaystack(Task):
     def __init__(self, config: NiahConfig, seed: int = 0):
         super().__init__(config, seed)
         self._pools: dict[str, SentencePool] = {}
+        self._values = [str(100 + i) for i in range(config.n_values)]
 
     # -- vocabulary and grid -----------------------------------------------------------
     def values(self) -> list[str]:
-        return [str(100 + i) for i in range(self.config.n_values)]
+        return self._values
 
     def vocabulary(self) -> list[str]:
         return sorted(set(ESSAY_WORDS + REPEAT_WORDS + TEMPLATE_WORDS + KEYS + [".", "?"])) + self.values()

@@ -56,7 +56,7 @@ class Attention:
     def weights(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = True, rows: slice | None = None,
                 score_mod: ScoreMod | None = None, scale: float | None = None) -> Tensor:
         s = dense_scores(q, k, mask=self.mask(causal), score_mod=score_mod, scale=scale, rows=rows)
-        return safe_softmax(s)
+        return safe_softmax(s).to(q.dtype)
 
     def score_bytes(self, batch: int, heads: int, t: int, s: int, itemsize: int = 4) -> int:
         """Peak bytes of attention scratch for one call (quadratic variants only)."""

@@ -90,8 +90,8 @@ def dense_scores(
     check_shapes(q, k, k)
     T, S = q.shape[2], k.shape[2]
     start, stop, _ = (rows or slice(None)).indices(T)
-    qr = q[:, :, start:stop]
-    kk = repeat_kv(k, q.shape[1])
+    qr = _wide(q[:, :, start:stop])
+    kk = _wide(repeat_kv(k, q.shape[1]))
     s = torch.matmul(qr, kk.transpose(-1, -2)) * default_scale(q.shape[-1], scale)  # (B,H,T',S)
     qi = positions(start, stop, S - T, q.device)[:, None]
     kj = torch.arange(S, device=q.device)[None, :]
@@ -103,9 +103,17 @@ def dense_scores(
 
 
 def dense_attention(q, k, v, *, mask=None, score_mod=None, scale=None) -> Tensor:
-    """Eager O(T*S)-memory attention: the oracle every other path is checked against."""
+    """Eager O(T*S)-memory attention: the oracle every other path is checked against.
+
+    16-bit inputs are computed in float32 and rounded once at the end.
+    """
     p = safe_softmax(dense_scores(q, k, mask=mask, score_mod=score_mod, scale=scale))
-    return torch.matmul(p, repeat_kv(v, q.shape[1]))  # (B, H, T, D)
+    return torch.matmul(p, _wide(repeat_kv(v, q.shape[1]))).to(q.dtype)  # (B, H, T, D)
+
+
+def _wide(x: Tensor) -> Tensor:
+    """float32 for 16-bit tensors, unchanged otherwise."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 # --- blocked online-softmax engine ------------------------------------------------------

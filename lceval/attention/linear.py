@@ -37,7 +37,8 @@ class LinearAttention(Attention):
     supports_score_mod = False
 
     def phi(self, x: Tensor) -> Tensor:
-        return FEATURE_MAPS[self.params.feature_map](x.float())
+        """The feature map in float32 (float64 inputs stay float64)."""
+        return FEATURE_MAPS[self.params.feature_map](x if x.dtype == torch.float64 else x.float())
 
     def weights(self, q, k, v, causal=True, rows=None, score_mod=None, scale=None) -> Tensor:
         """The explicit normalized matrix phi(q_i).phi(k_j) / sum_j' ... for the requested rows."""
@@ -62,16 +63,17 @@ class LinearAttention(Attention):
             return linear_attention(q, k, v, feature_map=self.params.feature_map, causal=causal)
         B, H, T, D = q.shape
         S = k.shape[2]
-        kk, vv = repeat_kv(k, H), repeat_kv(v, H)
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # state precision
+        kk, vv = repeat_kv(k, H), repeat_kv(v, H).to(acc)
         self.last_impl = "torch.chunked"
         if not causal:
             fk = self.phi(kk)  # (B, H, S, Dphi)
-            state = fk.transpose(-1, -2) @ vv.float()  # (B, H, Dphi, D)
+            state = fk.transpose(-1, -2) @ vv  # (B, H, Dphi, D)
             z = fk.sum(2)  # (B, H, Dphi)
             return self._ratio(self.phi(q) @ state, self.phi(q) @ z[..., None]).to(q.dtype)
         offset, c = S - T, self.params.chunk
-        state = q.new_zeros((B, H, q.shape[-1], D), dtype=torch.float32)  # sum of phi(k)^T v over absorbed keys
-        z = q.new_zeros((B, H, q.shape[-1]), dtype=torch.float32)
+        state = q.new_zeros((B, H, q.shape[-1], D), dtype=acc)  # sum of phi(k)^T v over absorbed keys
+        z = q.new_zeros((B, H, q.shape[-1]), dtype=acc)
         absorbed = 0  # keys [0, absorbed) are folded into the state
         outs = []
         for q0 in range(0, T, c):
@@ -80,7 +82,7 @@ class LinearAttention(Attention):
             first = max(0, min(S, q0 + offset))  # keys every query of this chunk sees
             if first > absorbed:
                 fk = self.phi(kk[:, :, absorbed:first])
-                state = state + fk.transpose(-1, -2) @ vv[:, :, absorbed:first].float()
+                state = state + fk.transpose(-1, -2) @ vv[:, :, absorbed:first]
                 z = z + fk.sum(2)
                 absorbed = first
             num = fq @ state  # (B, H, c, D)
@@ -90,7 +92,7 @@ class LinearAttention(Attention):
                 a = fq @ self.phi(kk[:, :, absorbed:last]).transpose(-1, -2)  # (B, H, c, c')
                 qi = torch.arange(q0, q1, device=q.device)[:, None] + offset
                 a = a * (torch.arange(absorbed, last, device=q.device)[None, :] <= qi)
-                num = num + a @ vv[:, :, absorbed:last].float()
+                num = num + a @ vv[:, :, absorbed:last]
                 den = den + a.sum(-1, keepdim=True)
             outs.append(self._ratio(num, den))
         return torch.cat(outs, dim=2).to(q.dtype)

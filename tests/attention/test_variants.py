@@ -174,3 +174,11 @@ def test_bad_params_are_user_errors():
         build_attention("linear", feature_map="cosine")
     with pytest.raises(UserError, match="unknown attention plugin"):
         build_attention("ring")
+
+
+def test_linear_keeps_float64():
+    q, k, v = (x.double() for x in rand(1, 2, 1, 50, 50, 16))
+    attn = build_attention("linear", chunk=16)
+    out = attn(q, k, v, causal=True)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, reference("linear", {}, q, k, v, True), atol=1e-12, rtol=1e-10)
