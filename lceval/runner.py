@@ -163,8 +163,6 @@ class Runner:
             try:
                 with torch.no_grad():
                     scores = score_batch(model, batch, self.device)
-                if not all(s.finite for s in scores):
-                    status, message = NONFINITE, "non-finite logits"
             except (torch.OutOfMemoryError, MemoryError) as exc:
                 status, message = OOM, f"out of memory: {str(exc).splitlines()[0][:200]}"
             except RuntimeError as exc:
@@ -178,6 +176,9 @@ class Runner:
         rows = []
         for j, sample in enumerate(batch):
             sc = scores[j] if scores is not None else None
+            row_status, row_message = status, message
+            if sc is not None and not sc.finite:  # judged per sample: its batch-mates keep their result
+                row_status, row_message = NONFINITE, "non-finite logits"
             rows.append({
                 "task": task_name,
                 "sample_id": sample.id,
@@ -187,10 +188,10 @@ class Runner:
                 "attention_params": attention.params.model_dump(),
                 "position": adapter.position,
                 **sample.meta,
-                "correct": bool(sc.correct) if sc is not None and status == OK else False,
+                "correct": bool(sc.correct) if sc is not None and row_status == OK else False,
                 "answer_logprob": sc.answer_logprob if sc is not None else None,
                 "impl": attention.last_impl if sc is not None else None,
-                "status": status,
-                "message": message,
+                "status": row_status,
+                "message": row_message,
             })
         return rows

@@ -39,9 +39,17 @@ def load_checkpoint(path: Path, attention: str = "full", **attention_params):
     if not is_complete(path):
         raise UserError(f"{path}: not a reference checkpoint (needs {WEIGHTS}, {CARD}, {TOKENIZER}); "
                         f"train one with `lceval train`")
-    card = json.loads((path / CARD).read_text())
-    arch = Architecture(**card["architecture"])
-    model = ReferenceTransformer(arch, build_attention(attention, **attention_params))
-    model.load_state_dict(load_file(str(path / WEIGHTS)))
+    try:
+        card = json.loads((path / CARD).read_text())
+        arch = Architecture(**card["architecture"])
+        model = ReferenceTransformer(arch, build_attention(attention, **attention_params))
+        model.load_state_dict(load_file(str(path / WEIGHTS)))
+        tokenizer = TextTokenizer.load(path / TOKENIZER)
+    except UserError:
+        raise
+    except Exception as exc:  # corrupt or mismatched files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: cannot load the checkpoint ({first[:200]}); retrain it with `lceval train`, "
+                        f"or delete it from the cache to have it retrained") from None
     model.eval()
-    return model, TextTokenizer.load(path / TOKENIZER), card
+    return model, tokenizer, card
