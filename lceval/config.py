@@ -16,6 +16,7 @@ import yaml
 
 from lceval import registry
 from lceval.errors import ConfigError, UserError
+from lceval.models.checkpoint import is_complete, read_card
 
 
 class Strict(pydantic.BaseModel):
@@ -185,23 +186,23 @@ def resolve(data: dict, base_dir: Path) -> Resolved:
         if spec.checkpoint is not None and not spec.checkpoint.is_absolute():
             spec.checkpoint = (base_dir / spec.checkpoint).resolve()
         if spec.type == "reference" and spec.checkpoint is not None:
-            from lceval.models.checkpoint import is_complete
-
             if not is_complete(spec.checkpoint):
                 raise ConfigError(f"models.{name}.checkpoint", f"no reference checkpoint at {spec.checkpoint} "
                                   "(needs model.safetensors, card.json, tokenizer.json); train one with `lceval train`")
         if spec.train is not None:
             check_recipe(spec.train, f"models.{name}.train")
     pairings: list[Pairing] = []
+    positions: dict[str, str | None] = {}  # model -> its position encoding, read once
     for i, p in enumerate(cfg.pairings):
         models = p.model if isinstance(p.model, list) else [p.model]
         attns = p.attention if isinstance(p.attention, list) else [p.attention]
         for m in models:
             if m not in cfg.models:
                 raise ConfigError(f"pairings[{i}].model", f"unknown model {m!r}; defined models: {', '.join(cfg.models)}")
+            position = positions.setdefault(m, model_position(cfg.models[m]))
             for a in attns:
                 attn = check_attention(a, f"pairings[{i}].attention")
-                check_compatible(model_position(cfg.models[m]), attn, f"pairings[{i}].attention")
+                check_compatible(position, attn, f"pairings[{i}].attention")
                 label = p.label if p.label and len(models) * len(attns) == 1 else f"{m}/{attn.label}"
                 pairings.append(Pairing(model=m, attention=a, label=label))
     seen: set[str] = set()
@@ -229,10 +230,7 @@ def model_position(spec: ModelSpec) -> str | None:
     if spec.train is not None:
         return spec.train.position
     if spec.type == "reference" and spec.checkpoint is not None:
-        import json
-
-        card = json.loads((spec.checkpoint / "card.json").read_text())
-        return card["architecture"]["position"]
+        return read_card(spec.checkpoint)["architecture"]["position"]
     return None
 
 

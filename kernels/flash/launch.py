@@ -31,6 +31,16 @@ def check_inputs(q, k, v):
         raise ValueError("bfloat16 is not supported by the Triton interpreter; use float32 or float16 on a CPU")
 
 
+def last_dim_contiguous(*xs):
+    """The tensors with unit stride on the last dim (the kernels index features directly)."""
+    return tuple(x if x.stride(-1) == 1 else x.contiguous() for x in xs)
+
+
+def strides3(x) -> tuple[int, int, int]:
+    """Batch, head and time strides of a (B, H, T, D) tensor."""
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
 def dot_precision(dtype) -> str:
     """float32 inputs keep full precision (IEEE), so results match a float32 oracle; 16-bit inputs use tensor cores."""
     return "ieee" if dtype == torch.float32 else "tf32"
@@ -47,7 +57,7 @@ def _tiles(D: int, mode_block: int | None):
 def launch(q, k, v, *, mode, causal, scale, window=0, lut=None, lut_n=None, block=None, return_lse=False):
     """Run the online-softmax kernel; returns out (B, H, T, D) and, if asked, lse (B, H, T) in float32."""
     check_inputs(q, k, v)
-    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    q, k, v = last_dim_contiguous(q, k, v)
     B, H, T, D = q.shape
     H_kv, S = k.shape[1], k.shape[2]
     out = torch.empty_like(q)
@@ -59,10 +69,7 @@ def launch(q, k, v, *, mode, causal, scale, window=0, lut=None, lut_n=None, bloc
     grid = (triton.cdiv(T, BLOCK_M), B * H)
     attention_fwd_kernel[grid](
         q, k, v, out, lse, lut, lut_n,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
+        *strides3(q), *strides3(k), *strides3(v), *strides3(out),
         lut.stride(0), lut.stride(1), lut_n.stride(0),
         H, H // H_kv, T, S, S - T, window, scale * LOG2E,
         D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,

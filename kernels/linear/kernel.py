@@ -34,6 +34,13 @@ def _phi(x, valid, FEATURE: tl.constexpr):
 
 
 @triton.jit
+def _load_phi(base, rows, stride_row, offs_d, ok, FEATURE: tl.constexpr):
+    """phi of a (rows x features) tile in float32; masked-out entries are 0."""
+    x = tl.load(base + rows[:, None] * stride_row + offs_d[None, :], mask=ok, other=0.0)
+    return _phi(x.to(tl.float32), ok, FEATURE)
+
+
+@triton.jit
 def chunk_state_kernel(
     K, V, STATE, Z,
     stride_kb, stride_kh, stride_ks,
@@ -54,8 +61,7 @@ def chunk_state_kernel(
     offs_dv = pid_dv * BLOCK_DV + tl.arange(0, BLOCK_DV)
     row_ok = rows[:, None] < N_KEYS
     k_ok = row_ok & (offs_d[None, :] < D)
-    k = tl.load(K + b * stride_kb + h * stride_kh + keys[:, None] * stride_ks + offs_d[None, :], mask=k_ok, other=0.0)
-    fk = _phi(k.to(tl.float32), k_ok, FEATURE)  # (CHUNK, BLOCK_D)
+    fk = _load_phi(K + b * stride_kb + h * stride_kh, keys, stride_ks, offs_d, k_ok, FEATURE)  # (CHUNK, BLOCK_D)
     v_ok = row_ok & (offs_dv[None, :] < D)
     v = tl.load(V + b * stride_vb + h * stride_vh + keys[:, None] * stride_vs + offs_dv[None, :], mask=v_ok, other=0.0)
     s = tl.dot(tl.trans(fk), v.to(tl.float32), input_precision=PRECISION)  # (BLOCK_D, BLOCK_DV)
@@ -90,8 +96,7 @@ def chunk_output_kernel(
     offs_dv = pid_dv * BLOCK_DV + tl.arange(0, BLOCK_DV)
     row_ok = rows[:, None] < T
     q_ok = row_ok & (offs_d[None, :] < D)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qt + offs_d[None, :], mask=q_ok, other=0.0)
-    fq = _phi(q.to(tl.float32), q_ok, FEATURE)  # (CHUNK, BLOCK_D)
+    fq = _load_phi(Q + b * stride_qb + h * stride_qh, rows, stride_qt, offs_d, q_ok, FEATURE)  # (CHUNK, BLOCK_D)
     sc = 0 if not CAUSAL else c  # non-causal: one total state at index 0
     base = ((b * (H // GROUP) + hk) * N_CHUNKS + sc) * D
     state = tl.load(STATE + (base + offs_d[:, None]) * D + offs_dv[None, :],
@@ -101,8 +106,7 @@ def chunk_output_kernel(
     den = tl.sum(fq * z[None, :], 1)
     if CAUSAL:
         keys = KEY_START + rows
-        k = tl.load(K + b * stride_kb + hk * stride_kh + keys[:, None] * stride_ks + offs_d[None, :], mask=q_ok, other=0.0)
-        fk = _phi(k.to(tl.float32), q_ok, FEATURE)
+        fk = _load_phi(K + b * stride_kb + hk * stride_kh, keys, stride_ks, offs_d, q_ok, FEATURE)
         v = tl.load(V + b * stride_vb + hk * stride_vh + keys[:, None] * stride_vs + offs_dv[None, :],
                     mask=row_ok & (offs_dv[None, :] < D), other=0.0)
         a = tl.dot(fq, tl.trans(fk), input_precision=PRECISION)  # (CHUNK, CHUNK)

@@ -5,12 +5,8 @@ from __future__ import annotations
 import torch
 import triton
 
-from lceval.kernels.flash.launch import check_inputs, dot_precision, interpreting
+from lceval.kernels.flash.launch import check_inputs, dot_precision, interpreting, last_dim_contiguous, strides3
 from lceval.kernels.linear.kernel import FEATURE_MAPS, chunk_output_kernel, chunk_state_kernel
-
-
-def _strides(x):
-    return x.stride(0), x.stride(1), x.stride(2)
 
 
 def linear_attention(q, k, v, feature_map="elu1", causal=True, chunk=None):
@@ -22,7 +18,7 @@ def linear_attention(q, k, v, feature_map="elu1", causal=True, chunk=None):
     check_inputs(q, k, v)
     if feature_map not in FEATURE_MAPS:
         raise ValueError(f"feature_map must be one of {', '.join(FEATURE_MAPS)}; got {feature_map!r}")
-    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    q, k, v = last_dim_contiguous(q, k, v)
     B, H, T, D = q.shape
     H_kv, S = k.shape[1], k.shape[2]
     out = torch.zeros_like(q)
@@ -45,7 +41,7 @@ def linear_attention(q, k, v, feature_map="elu1", causal=True, chunk=None):
         z = torch.empty(B, H_kv, max(n, 1), D, device=q.device, dtype=torch.float32)
         if n == 0:
             return state.zero_(), z.zero_()
-        chunk_state_kernel[(n, B * H_kv, n_dv)](k, v, state, z, *_strides(k), *_strides(v),
+        chunk_state_kernel[(n, B * H_kv, n_dv)](k, v, state, z, *strides3(k), *strides3(v),
                                                 H_kv, n_keys, key_start, n, **common)
         return state, z
 
@@ -64,7 +60,7 @@ def linear_attention(q, k, v, feature_map="elu1", causal=True, chunk=None):
     n_chunks = state.shape[2]
     chunk_output_kernel[(triton.cdiv(T, C), B * H, n_dv)](
         q, k, v, out, state.contiguous(), z.contiguous(),
-        *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+        *strides3(q), *strides3(k), *strides3(v), *strides3(out),
         H, H // H_kv, T, prefix, n_chunks, CAUSAL=causal, **common,
     )
     return out

@@ -50,8 +50,7 @@ class LinearAttention(Attention):
         if causal:
             qi = torch.arange(start, stop, device=q.device)[:, None] + (S - T)
             a = a * (torch.arange(S, device=q.device)[None, :] <= qi)
-        den = a.sum(-1, keepdim=True)
-        return (a / torch.where(den > 0, den, torch.ones_like(den))).to(q.dtype)
+        return self._ratio(a, a.sum(-1, keepdim=True)).to(q.dtype)
 
     def __call__(self, q, k, v, causal=True, score_mod=None, scale=None) -> Tensor:
         self._refuse(score_mod)

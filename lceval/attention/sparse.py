@@ -141,12 +141,11 @@ class BlockSparseAttention(Attention):
             self.last_impl = "triton"
             return block_sparse_attention(q, k, v, layout, b, causal=causal, scale=scale)
         mask = self.mask(causal)
-        n_kb = (S + b - 1) // b
+        kbs = torch.arange((S + b - 1) // b)
 
         def blocks(q0: int, q1: int):
             p0, p1 = q0 + offset, q1 - 1 + offset  # absolute positions of the first/last query
             qbs = torch.arange(p0 // b, p1 // b + 1)  # floor division: negative positions see nothing causally
-            kbs = torch.arange(n_kb)
             vis = self.block_visible(qbs[:, None], kbs[None, :], causal)  # (n_qb, n_kb)
             for kb in torch.nonzero(vis.any(0)).flatten().tolist():
                 k0, k1 = kb * b, min((kb + 1) * b, S)

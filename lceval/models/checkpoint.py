@@ -33,6 +33,11 @@ def is_complete(path: Path) -> bool:
     return all((Path(path) / f).exists() for f in (WEIGHTS, CARD, TOKENIZER))
 
 
+def read_card(path: Path) -> dict:
+    """The JSON card of a reference checkpoint directory."""
+    return json.loads((Path(path) / CARD).read_text())
+
+
 def load_checkpoint(path: Path, attention: str = "full", **attention_params):
     """Load a reference model with the given attention variant; returns (model, tokenizer, card)."""
     path = Path(path)
@@ -40,7 +45,7 @@ def load_checkpoint(path: Path, attention: str = "full", **attention_params):
         raise UserError(f"{path}: not a reference checkpoint (needs {WEIGHTS}, {CARD}, {TOKENIZER}); "
                         f"train one with `lceval train`")
     try:
-        card = json.loads((path / CARD).read_text())
+        card = read_card(path)
         arch = Architecture(**card["architecture"])
         model = ReferenceTransformer(arch, build_attention(attention, **attention_params))
         model.load_state_dict(load_file(str(path / WEIGHTS)))
