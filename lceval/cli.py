@@ -103,20 +103,30 @@ def list_plugins():
 
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), help="Checkpoint directory (default: the config's 'out').")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Checkpoint directory, relative to the current directory (default: the recipe's 'out', "
+                   "relative to the recipe's folder).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe value.")
+@click.option("--force", is_flag=True, help="Replace an existing checkpoint at the output directory.")
 @click.option("--no-progress", is_flag=True)
 @user_errors
-def train(config, out, overrides, no_progress):
-    """Train a reference model from a recipe YAML (keys of TrainRecipe, plus 'out')."""
+def train(config, out, overrides, force, no_progress):
+    """Train a reference model from a recipe YAML (keys of TrainRecipe, plus 'out').
+
+    Paths inside a YAML file are relative to that file's folder (as a run config's
+    'checkpoint' is); paths on the command line are relative to the current directory.
+    """
     from lceval.config import TrainRecipe, apply_overrides, check_recipe, read_yaml, validate
+    from lceval.models.checkpoint import is_complete
     from lceval.train import train as do_train
 
     data = apply_overrides(read_yaml(config), list(overrides))
-    target = out or data.pop("out", None)
-    data.pop("out", None)
+    in_file = data.pop("out", None)
+    target = out if out is not None else (Path(config).resolve().parent / str(in_file) if in_file else None)
     if target is None:
         raise UserError("no output directory: pass --out DIR or set 'out' in the recipe")
+    if is_complete(target) and not force:
+        raise UserError(f"{target} already holds a checkpoint; pass --force to replace it, or another --out")
     recipe = validate(TrainRecipe, data, "")
     check_recipe(recipe, "train")
     card = do_train(recipe, Path(target), progress=not no_progress)

@@ -44,11 +44,29 @@ class AttentionSpec(Strict):
         return build_attention(self.name, **self.params)
 
 
+class TaskMix(Strict):
+    """One task of a training mixture: its sampling weight and its config."""
+
+    weight: pydantic.PositiveFloat = 1.0
+    config: dict[str, Any] = pydantic.Field(default_factory=dict)
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _from_weight(cls, data):
+        return {"weight": data} if isinstance(data, int | float) and not isinstance(data, bool) else data
+
+
 class TrainRecipe(Strict):
-    """Everything that determines a trained reference model."""
+    """Everything that determines a trained reference model.
+
+    One task (``task`` + ``task_config``) or a mixture (``tasks: {name: weight}`` or
+    ``{name: {weight: 1, config: {...}}}``): each training sequence comes from one task,
+    drawn by weight.
+    """
 
     task: str = "niah"
     task_config: dict[str, Any] = pydantic.Field(default_factory=dict)
+    tasks: dict[str, TaskMix] | None = pydantic.Field(None, min_length=1)
     position: str = "rotary"
     attention: AttentionSpec = pydantic.Field(default_factory=lambda: AttentionSpec(name="flash"))
     d_model: pydantic.PositiveInt = 64
@@ -66,6 +84,10 @@ class TrainRecipe(Strict):
     weight_decay: pydantic.NonNegativeFloat = 0.0
     eval_samples: pydantic.NonNegativeInt = 256
     seed: int = 0
+
+    def mixture(self) -> dict[str, TaskMix]:
+        """The tasks this recipe trains on, with weights and configs."""
+        return self.tasks if self.tasks is not None else {self.task: TaskMix(config=self.task_config)}
 
 
 class ModelSpec(Strict):
@@ -98,6 +120,8 @@ class RunSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     memory_budget_mb: pydantic.PositiveInt = pydantic.Field(
         4096, description="largest score matrix a quadratic-memory variant may build")
+    answer: Literal["auto", "generate"] = pydantic.Field(
+        "auto", description="auto: teacher forcing where it equals greedy decoding, else generation")
 
 
 class ReportSpec(Strict):
@@ -248,8 +272,13 @@ def check_compatible(position: str | None, attention, where: str) -> None:
 def check_recipe(recipe: TrainRecipe, where: str) -> None:
     registry.positions.get(recipe.position, where=f"{where}.position")
     check_compatible(recipe.position, check_attention(recipe.attention, f"{where}.attention"), f"{where}.attention")
-    cls = registry.tasks.get(recipe.task, where=f"{where}.task")
-    validate_task_config(cls, recipe.task_config, f"{where}.task_config")
+    if recipe.tasks is not None:
+        for name, mix in recipe.tasks.items():
+            cls = registry.tasks.get(name, where=f"{where}.tasks.{name}")
+            validate_task_config(cls, mix.config, f"{where}.tasks.{name}.config")
+    else:
+        cls = registry.tasks.get(recipe.task, where=f"{where}.task")
+        validate_task_config(cls, recipe.task_config, f"{where}.task_config")
     if recipe.d_model % recipe.n_heads:
         raise ConfigError(f"{where}.n_heads", f"must divide d_model ({recipe.d_model}); got {recipe.n_heads}")
 

@@ -1,12 +1,24 @@
-"""Reports from stored rows: tidy tables, heatmaps, distance curves, a summary.
+"""Reports from stored rows: tidy tables, heatmaps, curves, effective length, agreement.
 
 ``build_report(run_dir)`` reads only ``results.jsonl`` and ``manifest.json``,
 so ``lceval report RUN_DIR`` rebuilds everything offline.
+
+Rules the report states on its page:
+
+* A cell's score is the mean per-sample score (percent). Rows that ran and
+  failed (``nonfinite``, ``oom``, ``error``) count as 0 and are listed; rows
+  that could not run (``unsupported_length``, ``skipped_memory``) leave the cell
+  empty and say why.
+* Effective length: the longest tested length L such that every tested length
+  up to L passes. Absolute: score >= the threshold (RULER: 85.6). Relative
+  (NoLiMa): score >= 85% of the pairing's score at its shortest length. A
+  length that could not run does not pass.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import math
@@ -25,8 +37,13 @@ from lceval.errors import UserError  # noqa: E402
 from lceval.store import MANIFEST, RESULTS, read_rows  # noqa: E402
 
 Z95 = 1.959963984540054
+RAN = {"ok", "nonfinite", "oom", "error"}  # rows that count in a score (failed ones as 0)
+RELATIVE = 0.85  # NoLiMa's relative threshold: 85% of the score at the shortest length
+DEPTH_NOTE = ("Depth: 0% puts the needle at the start of the context, farthest from the question; "
+              "100% puts it right before the question.")
 
 
+# --- statistics ------------------------------------------------------------------------
 def wilson(k: np.ndarray | float, n: np.ndarray | float, z: float = Z95):
     """95% Wilson score interval for k successes out of n (n = 0 gives nan)."""
     k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
@@ -38,131 +55,246 @@ def wilson(k: np.ndarray | float, n: np.ndarray | float, z: float = Z95):
     return center - half, center + half
 
 
+def interval(scores: pd.Series) -> tuple[float, float]:
+    """95% interval of a mean score in [0, 1]: Wilson for 0/1 scores, normal otherwise (clipped)."""
+    x = scores.to_numpy(dtype=float)
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan
+    if np.isin(x, (0.0, 1.0)).all():
+        lo, hi = wilson(x.sum(), n)
+        return float(lo), float(hi)
+    half = Z95 * (x.std(ddof=1) if n > 1 else 0.5) / math.sqrt(n)
+    return max(0.0, x.mean() - half), min(1.0, x.mean() + half)
+
+
+# --- frames ----------------------------------------------------------------------------
 def load_frame(run_dir: Path) -> pd.DataFrame:
     rows = read_rows(run_dir)
     if not rows:
         raise UserError(f"{run_dir}: no results ({RESULTS} missing or empty); run `lceval run CONFIG --out {run_dir}` first")
-    return pd.DataFrame(rows)
+    return frame(rows)
 
 
-def cell_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy per (pairing, task, context_length, depth) with counts and a 95% Wilson interval."""
-    keys = ["pairing", "task", "context_length", "depth"]
-    df = df.assign(ok=df["status"].eq("ok"), hit=df["correct"] & df["status"].eq("ok"))
-    g = df.groupby(keys, sort=True)
-    out = g.agg(n=("sample_id", "size"), n_ok=("ok", "sum"), correct=("hit", "sum")).reset_index()
-    out["status"] = g["status"].agg(lambda s: ",".join(sorted(set(s)))).values
-    out["accuracy"] = np.where(out["n_ok"] > 0, out["correct"] / out["n_ok"].where(out["n_ok"] > 0, 1), np.nan)
-    out["ci_low"], out["ci_high"] = wilson(out["correct"], out["n_ok"])
-    return out
+def frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows -> a DataFrame; each task meta key becomes a ``meta.<key>`` column."""
+    df = pd.DataFrame(rows)
+    if "meta" in df:
+        meta = pd.json_normalize([m if isinstance(m, dict) else {} for m in df["meta"]]).add_prefix("meta.")
+        df = pd.concat([df.drop(columns="meta").reset_index(drop=True), meta], axis=1)
+    if "score" not in df:  # rows written before scores existed
+        df["score"] = df["correct"].astype(float)
+    df["ran"] = df["status"].isin(RAN)
+    df["value"] = np.where(df["status"].eq("ok"), df["score"].astype(float), 0.0)
+    return df
+
+
+def _cells(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Score per group: n, n_ran, score (over ran rows; failed = 0), 95% interval, statuses."""
+    recs = []
+    for key, sub in df.groupby(keys, sort=True, dropna=False):
+        ran = sub[sub["ran"]]
+        lo, hi = interval(ran["value"])
+        statuses = sub["status"].value_counts()
+        recs.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True)),
+                     "n": len(sub), "n_ran": len(ran), "score": ran["value"].mean() if len(ran) else math.nan,
+                     "ci_low": lo, "ci_high": hi,
+                     "status": ",".join(f"{k}={v}" for k, v in statuses.items())})
+    return pd.DataFrame(recs)
+
+
+def task_groups(manifest: dict, task: str, df: pd.DataFrame) -> list[str]:
+    """The meta columns a task's cells are grouped by (declared in the manifest)."""
+    info = manifest.get("tasks", {}).get(task, {})
+    declared = info.get("group_by")
+    if declared is None:  # an older run: depth if it has one
+        declared = ["depth"] if "meta.depth" in df else []
+    return [f"meta.{g}" for g in declared if f"meta.{g}" in df]
+
+
+def cell_table(df: pd.DataFrame, manifest: dict | None = None) -> pd.DataFrame:
+    """Score per (task, pairing, context_length, *task groups) with counts and a 95% interval."""
+    parts = []
+    for task, sub in df.groupby("task", sort=False):
+        groups = task_groups(manifest or {}, task, sub)
+        parts.append(_cells(sub, ["task", "pairing", "context_length", *groups]))
+    return pd.concat(parts, ignore_index=True)
 
 
 def length_table(df: pd.DataFrame) -> pd.DataFrame:
-    ok = df[df["status"] == "ok"]
-    g = ok.groupby(["pairing", "task", "context_length"])["correct"]
-    return g.agg(accuracy="mean", n="size").reset_index()
+    """Score per (task, pairing, context_length) over the pairing's full grid."""
+    return _cells(df, ["task", "pairing", "context_length"])
 
 
-def effective_length(lengths: pd.DataFrame, threshold: float) -> int | None:
-    """Longest context length whose mean accuracy is at least threshold (a fraction)."""
-    good = lengths[lengths["accuracy"] >= threshold - 1e-12]
-    return int(good["context_length"].max()) if len(good) else None
+def effective_length(lengths: pd.DataFrame, threshold: float, relative: bool = False) -> int | None:
+    """Longest tested length L such that every tested length up to L passes.
 
-
-def distance_table(df: pd.DataFrame, bins: int) -> pd.DataFrame:
-    ok = df[(df["status"] == "ok") & df["distance"].notna()] if "distance" in df else df.iloc[0:0]
-    if ok.empty:
-        return pd.DataFrame(columns=["pairing", "task", "distance_lo", "distance_hi", "n", "accuracy"])
-    lo, hi = max(1.0, ok["distance"].min()), ok["distance"].max() + 1
-    edges = np.unique(np.geomspace(lo, hi, bins + 1).round().astype(int))
-    ok = ok.assign(bin=pd.cut(ok["distance"], edges, right=False, include_lowest=True))
-    g = ok.groupby(["pairing", "task", "bin"], observed=True)["correct"].agg(["sum", "size"]).reset_index()
-    g["distance_lo"] = [b.left for b in g["bin"]]
-    g["distance_hi"] = [b.right for b in g["bin"]]
-    g["accuracy"] = g["sum"] / g["size"]
-    g["ci_low"], g["ci_high"] = wilson(g["sum"], g["size"])
-    return g.rename(columns={"size": "n", "sum": "correct"}).drop(columns="bin")
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
-
-
-def heatmap(cells: pd.DataFrame, pairing: str, task: str, path: Path) -> None:
-    sub = cells[(cells["pairing"] == pairing) & (cells["task"] == task)]
-    acc = sub.pivot(index="depth", columns="context_length", values="accuracy").sort_index()
-    status = sub.pivot(index="depth", columns="context_length", values="status").reindex_like(acc)
-    fig, ax = plt.subplots(figsize=(1.1 * acc.shape[1] + 2.5, 0.55 * acc.shape[0] + 1.8))
-    cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="#cccccc")
-    im = ax.imshow(np.ma.masked_invalid(acc.values.astype(float)), cmap=cmap, vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(acc.shape[1]), [f"{c:,}" for c in acc.columns])
-    ax.set_yticks(range(acc.shape[0]), [f"{d:.0%}" for d in acc.index])
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("needle depth")
-    for i in range(acc.shape[0]):
-        for j in range(acc.shape[1]):
-            v = acc.values[i, j]
-            text = f"{v:.0%}" if not math.isnan(v) else str(status.values[i, j]).replace("_", "\n")
-            ax.text(j, i, text, ha="center", va="center", fontsize=8)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="accuracy")
-    ax.set_title(f"{task}: {pairing}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def distance_plot(dist: pd.DataFrame, task: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for pairing, sub in dist[dist["task"] == task].groupby("pairing"):
-        x = np.sqrt(sub["distance_lo"].astype(float) * sub["distance_hi"].astype(float))
-        ax.plot(x, sub["accuracy"], marker="o", label=pairing)
-        ax.fill_between(x, sub["ci_low"], sub["ci_high"], alpha=0.15)
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("distance from question to needle (tokens)")
-    ax.set_ylabel("accuracy (95% Wilson CI)")
-    ax.set_title(f"{task}: accuracy by distance")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ``lengths``: context_length and score (fraction; NaN when the length could not run).
+    Absolute: score >= threshold. Relative: score >= threshold x the score at the shortest length.
+    """
+    t = lengths.sort_values("context_length")
+    if t.empty:
+        return None
+    bar = threshold * t["score"].iloc[0] if relative else threshold
+    if relative and not (bar > 0):
+        return None
+    best = None
+    for L, s in zip(t["context_length"], t["score"], strict=True):
+        if not (s >= bar - 1e-12):  # NaN (did not run) fails too
+            break
+        best = int(L)
+    return best
 
 
 def summary_table(df: pd.DataFrame, threshold_pct: float) -> pd.DataFrame:
-    """One line per (task, pairing): mean accuracy, accuracy at each length, effective length."""
+    """One line per (task, pairing): mean over the task's lengths, score per length, effective lengths."""
     lengths = length_table(df)
+    all_lengths = sorted(df["context_length"].unique())
     recs = []
-    for (task, pairing), sub in df.groupby(["task", "pairing"], sort=False):
-        ok = sub[sub["status"] == "ok"]
-        rec = {"task": task, "pairing": pairing,
-               "mean_accuracy": ok["correct"].mean() if len(ok) else np.nan}
-        lt = lengths[(lengths["task"] == task) & (lengths["pairing"] == pairing)]
-        for L in sorted(sub["context_length"].unique()):
-            hit = lt[lt["context_length"] == L]
-            rec[int(L)] = hit["accuracy"].iloc[0] if len(hit) else np.nan
+    for (task, pairing), lt in lengths.groupby(["task", "pairing"], sort=False):
+        rec = {"task": task, "pairing": pairing}
+        per = dict(zip(lt["context_length"], lt["score"], strict=True))
+        for L in all_lengths:
+            rec[int(L)] = per.get(L, math.nan) if L in per else math.nan
+        ran = [per[L] for L in per if not math.isnan(per[L])]
+        rec["mean"] = float(np.mean(ran)) if len(ran) == len(per) and ran else math.nan  # only over a full grid
         rec["effective_length"] = effective_length(lt, threshold_pct / 100)
+        rec["effective_length_rel"] = effective_length(lt, RELATIVE, relative=True)
+        sub = df[(df["task"] == task) & (df["pairing"] == pairing)]
         bad = sub[sub["status"] != "ok"]["status"].value_counts()
         rec["not_ok"] = ", ".join(f"{k}={v}" for k, v in bad.items())
         recs.append(rec)
     return pd.DataFrame(recs)
 
 
-def _fmt(v, column) -> str:
-    """Accuracy columns (mean_accuracy and the per-length ones) as percent, lengths as integers."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if column == "mean_accuracy" or isinstance(column, int):
-        return f"{v:.1%}"
-    if column == "effective_length":
-        return f"{int(v)}"
-    return str(v)
+def ruler_table(df: pd.DataFrame, threshold_pct: float) -> pd.DataFrame:
+    """RULER's table: per pairing and length, the mean over tasks of the task scores, with a 95% interval."""
+    lengths = length_table(df)
+    recs = []
+    for pairing, sub in lengths.groupby("pairing", sort=False):
+        rec = {"pairing": pairing}
+        curve = []
+        for L, at in sub.groupby("context_length"):
+            if at["score"].isna().any():
+                rec[int(L)] = math.nan
+                curve.append((L, math.nan))
+                continue
+            mean = at["score"].mean()
+            half = (at["ci_high"] - at["ci_low"]).pow(2).sum() ** 0.5 / (2 * len(at))  # independent tasks
+            rec[int(L)] = mean
+            rec[f"{int(L)} ci"] = f"{max(0, mean - half):.1%}-{min(1, mean + half):.1%}"
+            curve.append((L, mean))
+        scores = [s for _, s in curve]
+        rec["mean"] = float(np.mean(scores)) if not any(math.isnan(s) for s in scores) else math.nan
+        ct = pd.DataFrame(curve, columns=["context_length", "score"])
+        rec["effective_length"] = effective_length(ct, threshold_pct / 100)
+        rec["effective_length_rel"] = effective_length(ct, RELATIVE, relative=True)
+        rec["tasks"] = sub["task"].nunique()
+        recs.append(rec)
+    return pd.DataFrame(recs)
+
+
+def agreement_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-sample agreement of each variant with the oracle of its model (``full``, else ``flash``).
+
+    agree: same prediction and same score; max_logprob_diff: largest |difference| in the
+    reference answer's log-probability (teacher-forced tasks).
+    """
+    recs = []
+    ok = df[df["status"] == "ok"]
+    for model, sub in ok.groupby("model", sort=False):
+        oracles = [a for a in ("full", "flash") if (sub["attention"] == a).any()]
+        if not oracles:
+            continue
+        oracle_pairings = sub[sub["attention"] == oracles[0]]["pairing"].unique()
+        if len(oracle_pairings) != 1:
+            continue
+        ref = sub[sub["pairing"] == oracle_pairings[0]].set_index(["task", "sample_id"])
+        for pairing, other in sub.groupby("pairing", sort=False):
+            if pairing == oracle_pairings[0]:
+                continue
+            o = other.set_index(["task", "sample_id"])
+            common = ref.index.intersection(o.index)
+            if not len(common):
+                continue
+            a, b = ref.loc[common], o.loc[common]
+            same = (a["prediction"].fillna("").values == b["prediction"].fillna("").values) & (
+                np.isclose(a["score"].values.astype(float), b["score"].values.astype(float)))
+            lp = (a["answer_logprob"].astype(float) - b["answer_logprob"].astype(float)).abs()
+            recs.append({"model": model, "pairing": pairing, "oracle": oracle_pairings[0], "samples": len(common),
+                         "agree": float(same.mean()), "changed": int((~same).sum()),
+                         "max_logprob_diff": float(lp.max()) if lp.notna().any() else math.nan})
+    return pd.DataFrame(recs, columns=["model", "pairing", "oracle", "samples", "agree", "changed",
+                                       "max_logprob_diff"])
+
+
+def distance_table(df: pd.DataFrame, bins: int, manifest: dict | None = None) -> pd.DataFrame:
+    """Score by query-to-needle distance (log-spaced bins) for tasks that declare a distance."""
+    parts = []
+    for task, sub in df.groupby("task", sort=False):
+        info = (manifest or {}).get("tasks", {}).get(task, {})
+        key = f"meta.{info.get('distance_key') or 'distance'}"
+        if key not in sub:
+            continue
+        sub = sub[sub["ran"] & sub[key].notna()].assign(distance=lambda d, k=key: d[k].astype(float))
+        if sub.empty:
+            continue
+        lo, hi = max(1.0, sub["distance"].min()), sub["distance"].max() + 1
+        edges = np.unique(np.geomspace(lo, hi, bins + 1).round().astype(int))
+        if len(edges) < 2:
+            edges = np.array([int(lo), int(hi) + 1])
+        sub = sub.assign(bin=pd.cut(sub["distance"], edges, right=False, include_lowest=True))
+        for (pairing, b), g in sub.groupby(["pairing", "bin"], observed=True):
+            lo_ci, hi_ci = interval(g["value"])
+            parts.append({"task": task, "pairing": pairing, "distance_lo": int(b.left), "distance_hi": int(b.right),
+                          "n": len(g), "score": g["value"].mean(), "ci_low": lo_ci, "ci_high": hi_ci})
+    return pd.DataFrame(parts, columns=["task", "pairing", "distance_lo", "distance_hi", "n", "score", "ci_low",
+                                        "ci_high"])
+
+
+# --- files -----------------------------------------------------------------------------
+def file_stem(*parts: str) -> str:
+    """A readable, collision-free file name: a slug plus a short hash of the exact text."""
+    text = "\x1f".join(parts)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(parts)).strip("_")[:60]
+    return f"{slug}-{hashlib.sha1(text.encode()).hexdigest()[:6]}"
+
+
+def rounded(t: pd.DataFrame) -> pd.DataFrame:
+    """Figures for CSV: scores to 4 decimals, lengths and counts as integers."""
+    out = t.copy()
+    for c in out.columns:
+        if out[c].dtype.kind == "f":
+            col = out[c]
+            if c in ("context_length", "n", "n_ran", "samples", "distance_lo", "distance_hi") or (
+                    col.dropna() == col.dropna().round()).all() and c in ("effective_length", "effective_length_rel"):
+                out[c] = col.astype("Int64")
+            else:
+                out[c] = col.round(4)
+    return out
+
+
+def _pct(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def _len(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{int(v):,}"
 
 
 def formatted(t: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({c: [_fmt(v, c) for v in t[c]] for c in t.columns})
+    """Scores as percent (one decimal), lengths as integers, missing as '-'."""
+    cols = {}
+    for c in t.columns:
+        if isinstance(c, int) or c in ("mean", "score", "agree"):
+            cols[c] = [_pct(v) for v in t[c]]
+        elif c in ("effective_length", "effective_length_rel", "context_length"):
+            cols[c] = [_len(v) for v in t[c]]
+        elif c == "max_logprob_diff":
+            cols[c] = ["-" if isinstance(v, float) and math.isnan(v) else f"{v:.2g}" for v in t[c]]
+        else:
+            cols[c] = ["-" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in t[c]]
+    return pd.DataFrame(cols)
 
 
 def markdown_table(t: pd.DataFrame) -> str:
@@ -172,6 +304,83 @@ def markdown_table(t: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+# --- figures ---------------------------------------------------------------------------
+STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"), ("X", ":"), ("*", "-.")]
+
+
+def heatmap(cells: pd.DataFrame, pairing: str, task: str, group: str, path: Path) -> None:
+    sub = cells[(cells["pairing"] == pairing) & (cells["task"] == task)]
+    acc = sub.pivot(index=group, columns="context_length", values="score").sort_index()
+    n = sub.pivot(index=group, columns="context_length", values="n_ran").reindex_like(acc)
+    lo = sub.pivot(index=group, columns="context_length", values="ci_low").reindex_like(acc)
+    hi = sub.pivot(index=group, columns="context_length", values="ci_high").reindex_like(acc)
+    status = sub.pivot(index=group, columns="context_length", values="status").reindex_like(acc)
+    fig, ax = plt.subplots(figsize=(1.35 * acc.shape[1] + 2.8, 0.65 * acc.shape[0] + 1.9))
+    cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="#cccccc")
+    im = ax.imshow(np.ma.masked_invalid(acc.values.astype(float)), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(acc.shape[1]), [f"{int(c):,}" for c in acc.columns])
+    is_depth = group.endswith("depth")
+    ax.set_yticks(range(acc.shape[0]), [f"{d:.0%}" if is_depth else str(d) for d in acc.index])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("needle depth (0% = start, 100% = next to the question)" if is_depth else group.removeprefix("meta."))
+    for i in range(acc.shape[0]):
+        for j in range(acc.shape[1]):
+            v = acc.values[i, j]
+            if math.isnan(v):
+                text = str(status.values[i, j]).split("=")[0].replace("_", "\n")
+            else:
+                text = f"{v:.0%}\n[{lo.values[i, j]:.0%}-{hi.values[i, j]:.0%}]\nn={int(n.values[i, j])}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=6.5)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="score (95% interval, n)")
+    ax.set_title(f"{task}: {pairing}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _identical_note(curves: dict[str, tuple]) -> dict[str, str]:
+    """Pairings whose curve equals an earlier one's: name -> the earlier name."""
+    seen, same = {}, {}
+    for name, key in curves.items():
+        if key in seen:
+            same[name] = seen[key]
+        else:
+            seen[key] = name
+    return same
+
+
+def curve_plot(t: pd.DataFrame, x: str, title: str, xlabel: str, path: Path, log: bool) -> None:
+    """Score curves per pairing with 95% bands; distinct markers and line styles; legend outside."""
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
+    groups = list(t.groupby("pairing", sort=False))
+    same = _identical_note({p: tuple(np.round(s["score"].to_numpy(float), 6)) for p, s in groups})
+    for i, (pairing, sub) in enumerate(groups):
+        marker, ls = STYLES[i % len(STYLES)]
+        xs = sub[x].astype(float)
+        label = pairing + (f" (identical to {same[pairing]})" if pairing in same else "")
+        ax.plot(xs, sub["score"], marker=marker, linestyle=ls, label=label, alpha=0.9,
+                markersize=7 if pairing not in same else 4)
+        ax.fill_between(xs, sub["ci_low"], sub["ci_high"], alpha=0.12)
+    if log:
+        ax.set_xscale("log", base=2)
+        ticks = sorted(set(t[x].astype(float).round()))
+        if len(ticks) <= 12:
+            ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_ylim(-0.02, 1.02)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("score (95% interval)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- the report ------------------------------------------------------------------------
 def build_report(run_dir: Path, threshold: float | None = None) -> Path:
     """Write ``report/`` inside the run directory; returns the summary path.
 
@@ -185,44 +394,79 @@ def build_report(run_dir: Path, threshold: float | None = None) -> Path:
     df = load_frame(run_dir)
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
-    df.to_csv(out / "results.csv", index=False)
-    cells = cell_table(df)
-    cells.to_csv(out / "cells.csv", index=False)
-    dist = distance_table(df, bins)
-    dist.to_csv(out / "distance.csv", index=False)
+    rounded(df.drop(columns=["ran", "value"])).to_csv(out / "results.csv", index=False)
+    cells = cell_table(df, manifest)
+    rounded(cells).to_csv(out / "cells.csv", index=False)
+    lengths = length_table(df)
+    dist = distance_table(df, bins, manifest)
+    rounded(dist).to_csv(out / "distance.csv", index=False)
     summary = summary_table(df, threshold)
-    summary.to_csv(out / "summary.csv", index=False)
+    rounded(summary).to_csv(out / "summary.csv", index=False)
+    ruler = ruler_table(df, threshold) if df["task"].nunique() > 1 else None
+    if ruler is not None:
+        rounded(ruler).to_csv(out / "ruler.csv", index=False)
+    agree = agreement_table(df)
+    rounded(agree).to_csv(out / "agreement.csv", index=False)
 
     images: list[tuple[str, Path]] = []
-    for (task, pairing), _ in cells.groupby(["task", "pairing"], sort=False):
-        path = out / f"heatmap_{_slug(task)}_{_slug(pairing)}.png"
-        heatmap(cells, pairing, task, path)
-        images.append((f"{task}: {pairing}", path))
-    for task in dist["task"].unique():
-        path = out / f"distance_{_slug(task)}.png"
-        distance_plot(dist, task, path)
-        images.append((f"{task}: accuracy by distance", path))
+    for task in df["task"].unique():
+        groups = task_groups(manifest, task, df[df["task"] == task])
+        tc = cells[cells["task"] == task]
+        if groups:
+            for pairing in tc["pairing"].unique():
+                path = out / f"heatmap_{file_stem(task, pairing)}.png"
+                heatmap(tc, pairing, task, groups[0], path)
+                images.append((f"{task}: {pairing}", path))
+        lt = lengths[lengths["task"] == task]
+        if lt["context_length"].nunique() > 1:
+            path = out / f"length_{file_stem(task)}.png"
+            curve_plot(lt, "context_length", f"{task}: score by context length", "context length (tokens)", path, True)
+            images.append((f"{task}: score by context length", path))
+        dt = dist[dist["task"] == task]
+        if not dt.empty:
+            dt = dt.assign(mid=np.sqrt(dt["distance_lo"].astype(float) * dt["distance_hi"].astype(float)))
+            path = out / f"distance_{file_stem(task)}.png"
+            curve_plot(dt, "mid", f"{task}: score by distance", "distance from the question to the needle (tokens)",
+                       path, True)
+            images.append((f"{task}: score by distance", path))
 
     name = manifest.get("config", {}).get("run", {}).get("name", run_dir.name)
-    md = [f"# lceval report: {name}", "",
-          f"Effective length: longest context length with mean accuracy >= {threshold:g}%. "
-          "Accuracy counts rows with status ok; other statuses are listed under not_ok.", ""]
+    rules = (f"Scores are percent (mean per-sample score; RULER's string_match_all / string_match_part or exact "
+             f"match), with 95% intervals in the CSVs and heatmaps. Failed rows (nonfinite, oom, error) count as 0; "
+             f"rows that could not run (unsupported_length, skipped_memory) leave a cell empty ('-'). "
+             f"Effective length: the longest tested length L such that every tested length up to L scores >= "
+             f"{threshold:g} (absolute, RULER) or >= {RELATIVE:.0%} of the pairing's score at its shortest length "
+             f"(relative, NoLiMa). {DEPTH_NOTE}")
+    versions = manifest.get("versions", {})
+    footer = (f"Rows: {len(df)} | seed: {manifest.get('seed')} | lceval {versions.get('lceval', '?')} | "
+              f"git: {manifest.get('git_commit')}")
+    sections: list[tuple[str, pd.DataFrame]] = []
+    if ruler is not None:
+        sections.append(("All tasks (RULER table: mean over tasks)", ruler))
     for task, t in summary.groupby("task", sort=False):
-        md += [f"## {task}", "", markdown_table(t.drop(columns="task").dropna(axis=1, how="all")), ""]
-    md += ["## Figures", ""] + [f"![{title}]({p.name})" for title, p in images] + [""]
-    md += [f"Rows: {len(df)} | git: {manifest.get('git_commit')} | seed: {manifest.get('seed')}", ""]
+        sections.append((task, t.drop(columns="task").dropna(axis=1, how="all")))
+    if not agree.empty:
+        sections.append(("Agreement with the oracle (per sample)", agree))
+    md = [f"# lceval report: {name}", "", rules, ""]
+    for title, t in sections:
+        md += [f"## {title}", "", markdown_table(t), ""]
+    md += ["## Figures", ""] + [f"![{title}]({p.name})" for title, p in images] + ["", footer, ""]
     (out / "summary.md").write_text("\n".join(md))
-    _html(out / "report.html", name, summary, images)
+    _html(out / "report.html", name, rules, sections, images, footer)
     return out / "summary.md"
 
 
-def _html(path: Path, name: str, summary: pd.DataFrame, images) -> None:
+def _html(path: Path, name: str, rules: str, sections, images, footer: str) -> None:
     parts = [f"<!doctype html><meta charset='utf-8'><title>lceval: {html.escape(name)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style>",
-             f"<h1>lceval report: {html.escape(name)}</h1>"]
-    parts.append(formatted(summary).to_html(index=False, escape=True))
+             "<style>body{font-family:sans-serif;max-width:1150px;margin:2em auto;line-height:1.4}"
+             "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 8px;"
+             "text-align:right}img{max-width:100%}.rules{background:#f6f6f6;padding:.6em 1em}</style>",
+             f"<h1>lceval report: {html.escape(name)}</h1>", f"<p class='rules'>{html.escape(rules)}</p>"]
+    for title, t in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        parts.append(formatted(t).to_html(index=False, escape=True))
     for title, p in images:
         data = base64.b64encode(p.read_bytes()).decode()
         parts.append(f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
+    parts.append(f"<footer><hr><p>{html.escape(footer)}</p></footer>")
     path.write_text("\n".join(parts))

@@ -23,7 +23,7 @@ from lceval import registry
 from lceval.config import Pairing, Resolved
 from lceval.errors import ConfigError
 from lceval.models.adapters import ModelAdapter
-from lceval.scoring import score_batch
+from lceval.scoring import score_batch, uses_teacher_forcing
 from lceval.store import ResultsStore
 from lceval.task import Sample
 
@@ -45,8 +45,10 @@ class RunSummary:
 
 
 def config_hash(resolved: Resolved, limit: int | None) -> str:
-    """What decides the rows: the config without its report settings, and --limit."""
-    payload = {"config": resolved.config.model_dump(mode="json", exclude={"report"}), "limit": limit}
+    """What decides the rows: the config without its report settings, --limit, and the task versions."""
+    versions = {name: registry.tasks.get(name).version for name in resolved.tasks}
+    payload = {"config": resolved.config.model_dump(mode="json", exclude={"report"}), "limit": limit,
+               "task_versions": versions}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -68,6 +70,8 @@ class Runner:
         self._samples: dict[tuple[str, str], list[Sample]] = {}
         self._tasks = {name: registry.tasks.get(name)(cfg, seed=resolved.config.run.seed)
                        for name, cfg in resolved.tasks.items()}
+        for name, task in self._tasks.items():
+            task.name = name  # a preset registered under another name reports as that name
 
     # -- shared pieces ------------------------------------------------------------------
     def adapter(self, name: str) -> ModelAdapter:
@@ -101,7 +105,8 @@ class Runner:
     def run(self, out_dir: Path) -> RunSummary:
         manifest = {"config": self.r.config.model_dump(mode="json"), "seed": self.r.config.run.seed,
                     "limit": self.limit, "config_hash": config_hash(self.r, self.limit),
-                    "pairings": [p.model_dump(mode="json") for p in self.r.pairings]}
+                    "pairings": [p.model_dump(mode="json") for p in self.r.pairings],
+                    "tasks": {name: t.describe() for name, t in self._tasks.items()}}
         summary = RunSummary(Path(out_dir))
         with ResultsStore(out_dir, manifest) as store:
             models = {name: self.adapter(name).describe()  # train or load every model before the progress bar
@@ -120,18 +125,21 @@ class Runner:
         adapter = self.adapter(pairing.model)
         attention = pairing.attention.build()
         model = adapter.with_attention(attention)
+        mode = self.r.config.run.answer
         tokens_done, started = 0, time.perf_counter()
-        for task_name in self._tasks:
+        for task_name, task in self._tasks.items():
+            stop_ids = task.stop_ids(adapter.tokenizer)
             pending = [s for s in self.samples(task_name, adapter)
                        if (pairing.label, task_name, s.id) not in store.done]
             groups: dict[tuple[int, int], list[Sample]] = defaultdict(list)
-            for s in pending:
-                groups[(len(s.input_ids), len(s.answer_ids))].append(s)
-            for (length, answer_len), group in sorted(groups.items()):
-                size = self._batch_size(adapter, attention, length + answer_len - 1)
+            for s in pending:  # one prompt length per batch; teacher-forced batches share an answer length
+                tf = uses_teacher_forcing(task, s, stop_ids, mode)
+                groups[(len(s.input_ids), len(s.answer_ids) + 1 if tf else -task.max_new_tokens)].append(s)
+            for (length, new), group in sorted(groups.items()):
+                size = self._batch_size(adapter, attention, length + abs(new))
                 for i in range(0, len(group), max(size, 1)):
                     batch = group[i : i + max(size, 1)]
-                    rows = self._score(pairing, task_name, adapter, attention, model, batch, length, size)
+                    rows = self._score(pairing, task, adapter, attention, model, batch, length + abs(new), size)
                     store.append(rows)
                     summary.written += len(rows)
                     tokens_done += length * len(batch)
@@ -148,12 +156,13 @@ class Runner:
             return size
         return min(size, budget // per_sample)
 
-    def _score(self, pairing, task_name, adapter, attention, model, batch, length, size) -> list[dict]:
-        seq = length + len(batch[0].answer_ids) - 1
-        status, message, scores = OK, None, None
-        if adapter.max_length is not None and seq > adapter.max_length:
+    def _score(self, pairing, task, adapter, attention, model, batch, seq, size) -> list[dict]:
+        """Score one batch; ``seq`` is the longest sequence the answer can need."""
+        length = len(batch[0].input_ids)
+        status, message, scored = OK, None, None
+        if adapter.max_length is not None and seq - 1 > adapter.max_length:
             status = UNSUPPORTED_LENGTH
-            message = f"{adapter.position} positions cover {adapter.max_length} tokens; input needs {seq}"
+            message = f"{adapter.position} positions cover {adapter.max_length} tokens; input needs {seq - 1}"
         elif size == 0:
             status = SKIPPED_MEMORY
             need = attention.score_bytes(1, adapter.n_heads, seq, seq) / 2**20
@@ -162,7 +171,8 @@ class Runner:
         else:
             try:
                 with torch.no_grad():
-                    scores = score_batch(model, batch, self.device)
+                    scored = score_batch(model, task, batch, adapter.tokenizer, device=self.device,
+                                         mode=self.r.config.run.answer)
             except (torch.OutOfMemoryError, MemoryError) as exc:
                 status, message = OOM, f"out of memory: {str(exc).splitlines()[0][:200]}"
             except RuntimeError as exc:
@@ -175,21 +185,28 @@ class Runner:
                 message = f"{type(exc).__name__}: {exc}"[:300] + " | " + traceback.format_exc(limit=1).splitlines()[-1]
         rows = []
         for j, sample in enumerate(batch):
-            sc = scores[j] if scores is not None else None
+            sc = scored[j] if scored is not None else None
             row_status, row_message = status, message
-            if sc is not None and not sc.finite:  # judged per sample: its batch-mates keep their result
+            if sc is not None and not sc.answer.finite:  # judged per sample: its batch-mates keep their result
                 row_status, row_message = NONFINITE, "non-finite logits"
+            ok = sc is not None and row_status == OK
             rows.append({
-                "task": task_name,
+                "task": task.name,
                 "sample_id": sample.id,
                 "pairing": pairing.label,
                 "model": pairing.model,
                 "attention": attention.name,
                 "attention_params": attention.params.model_dump(),
                 "position": adapter.position,
-                **sample.meta,
-                "correct": bool(sc.correct) if sc is not None and row_status == OK else False,
-                "answer_logprob": sc.answer_logprob if sc is not None else None,
+                "context_length": length,
+                "meta": sample.meta,
+                "metric": task.metric,
+                "references": sample.references or [adapter.tokenizer.decode(sample.answer_ids).strip()],
+                "prediction": sc.prediction if sc is not None else None,
+                "score": sc.score if ok else 0.0,
+                "correct": bool(ok and sc.score >= 1.0),
+                "answer_mode": sc.mode if sc is not None else None,
+                "answer_logprob": sc.answer.logprob if sc is not None else None,
                 "impl": attention.last_impl if sc is not None else None,
                 "status": row_status,
                 "message": row_message,

@@ -1,56 +1,54 @@
-"""Teacher-forced greedy exact match.
+"""Scoring a batch of samples: the model's answer, then the task's metric.
 
-One forward pass over prompt + answer[:-1]; the sample is correct when the
-argmax at every answer position is the answer token. That is exactly what
-greedy decoding would score, at the cost of one pass instead of one per answer
-token. The answer's log-probability is recorded too.
+Samples of one batch share their prompt length. Where the task allows it
+(``Task.teacher_forcing``) and the run does not ask for generation, the answer
+comes from one teacher-forced pass; otherwise from greedy decoding with a KV
+cache. Both give the same per-sample result where both apply (tested for every
+attention variant).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from lceval.task import Sample
+from lceval.generate import Answer, greedy_generate, teacher_forced
+from lceval.task import Sample, Task
+from lceval.tokenizer import TextTokenizer
+
+AnswerMode = Literal["auto", "generate"]
 
 
 @dataclass
-class Score:
-    correct: bool
-    answer_logprob: float
-    predicted: list[int]
-    finite: bool
+class Scored:
+    score: float  # in [0, 1]
+    prediction: str
+    answer: Answer
+    mode: str  # "teacher_forcing" or "generate"
 
 
-def score_batch(model, samples: list[Sample], device="cpu") -> list[Score]:
-    """Score samples whose prompts have equal length and answers equal token count."""
-    lengths = {len(s.input_ids) for s in samples}
-    answers = {len(s.answer_ids) for s in samples}
-    if len(lengths) != 1 or len(answers) != 1:
-        raise ValueError("score_batch needs samples of one prompt length and one answer length")
-    T, A = lengths.pop(), answers.pop()
-    ids = torch.tensor([s.input_ids + s.answer_ids[:-1] for s in samples], device=device)  # (B, T + A - 1)
-    answer = torch.tensor([s.answer_ids for s in samples], device=device)  # (B, A)
-    index = torch.arange(T - 1, T - 1 + A, device=device).expand(len(samples), A)  # (B, A)
-    logits = model.logits_at(model.hidden(ids), index).float()  # (B, A, V)
-    logp = torch.log_softmax(logits, dim=-1)
-    pred = logits.argmax(-1)  # (B, A)
-    lp = logp.gather(-1, answer[..., None]).squeeze(-1).sum(-1)  # (B,)
-    finite = torch.isfinite(logits).all(dim=(1, 2))
-    correct = (pred == answer).all(-1) & finite
-    return [
-        Score(bool(c), float(x), p.tolist(), bool(f))
-        for c, x, p, f in zip(correct.tolist(), lp.tolist(), pred, finite.tolist(), strict=True)
-    ]
+def uses_teacher_forcing(task: Task, sample: Sample, stop_ids: list[int], mode: AnswerMode) -> bool:
+    return mode == "auto" and task.teacher_forcing(sample, stop_ids)
 
 
-@torch.no_grad()
-def greedy_decode(model, prompt: list[int], n_tokens: int, device="cpu") -> list[int]:
-    """Plain greedy generation (one pass per token); the reference for ``score_batch``."""
-    ids = list(prompt)
-    for _ in range(n_tokens):
-        x = torch.tensor([ids], device=device)
-        nxt = int(model(x)[0, -1].argmax())
-        ids.append(nxt)
-    return ids[len(prompt):]
+def score_batch(model, task: Task, samples: list[Sample], tokenizer: TextTokenizer, *, device="cpu",
+                mode: AnswerMode = "auto") -> list[Scored]:
+    """Score samples of one prompt length (and, under teacher forcing, one answer length)."""
+    if len({len(s.input_ids) for s in samples}) != 1:
+        raise ValueError("score_batch needs samples of one prompt length")
+    stop_ids = task.stop_ids(tokenizer)
+    prompts = torch.tensor([s.input_ids for s in samples], device=device)  # (B, T)
+    tf = [uses_teacher_forcing(task, s, stop_ids, mode) for s in samples]
+    if all(tf) and len({len(s.answer_ids) for s in samples}) == 1:
+        answers = torch.tensor([s.answer_ids for s in samples], device=device)  # (B, A)
+        got, how = teacher_forced(model, prompts, answers, stop_ids), "teacher_forcing"
+    else:
+        got, how = greedy_generate(model, prompts, task.max_new_tokens, stop_ids), "generate"
+    out = []
+    for s, a in zip(samples, got, strict=True):
+        text = tokenizer.decode(a.tokens).strip()
+        score = task.score(s, a.tokens, text, a.stopped) if a.finite else 0.0
+        out.append(Scored(score, text, a, how))
+    return out

@@ -1,8 +1,33 @@
 """The task plugin interface.
 
-A task is deterministic from (config, seed): it yields samples for its grid and
-records position metadata on every sample. Scoring of tasks with a known answer
-is the runner's teacher-forced exact match (see ``lceval.scoring``).
+A task is deterministic from (config, seed): it yields samples for its grid,
+records position metadata on every sample, and scores its own samples.
+
+Scoring. A task declares its ``metric`` (see ``lceval.metrics``): ``exact_match``
+for one ordered answer, or RULER's ``string_match_all`` / ``string_match_part``
+over several references. The runner obtains the model's answer by greedy
+generation with a KV cache (up to ``max_new_tokens``, stopping at the first of
+``stop_words``), or, where it is provably the same, by teacher forcing in one
+pass: a sample with one ordered answer (``answer_ids``) scored by exact match,
+whose answer holds no stop token. Then "greedy emits the answer tokens and then
+a stop token" is exactly "the argmax at each answer position is the answer
+token and the argmax after it is a stop token".
+
+Metadata. ``Sample.meta`` is the task's own namespace (depth, needle offsets,
+distance, hops...); the runner stores it under the row's ``meta`` key, so it
+can never overwrite a row's identity fields. The row's ``context_length`` is
+measured by the runner in the model's tokens. ``group_by`` names the meta keys
+the report groups by besides the length; ``distance_key`` the one holding the
+query-to-needle distance, if any.
+
+Training contract. ``training_example(rng, length, tokenizer)`` returns one
+sequence of *at most* ``length`` tokens with the positions whose next token is
+labelled. Examples may have different lengths: the trainer pads them (right
+padding, which causal attention never sees) and batches them; a task never
+pads. A task may offer a curriculum by sampling its difficulty (pairs, hops,
+needles) up to a maximum in its config. A recipe can mix several tasks into one
+model (``train.tasks: {niah_multikey_1: 1, vt: 1}``); the tokenizer then covers
+every task's ``vocabulary()``.
 """
 
 from __future__ import annotations
@@ -14,6 +39,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pydantic
 
+from lceval import metrics
+from lceval.errors import UserError
 from lceval.tokenizer import TextTokenizer
 
 
@@ -23,11 +50,17 @@ class TaskConfig(pydantic.BaseModel):
 
 @dataclass
 class Sample:
-    """One prompt with its known answer, in the model's own tokens."""
+    """One prompt with its references, in the model's own tokens.
+
+    ``answer_ids``: the one ordered answer in tokens, for exact-match tasks
+    (None otherwise). ``references``: the answer texts (one or several; the
+    metric says whether order matters); when empty, the decoded ``answer_ids``.
+    """
 
     id: str
     input_ids: list[int]
-    answer_ids: list[int]
+    answer_ids: list[int] | None = None
+    references: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -46,12 +79,24 @@ class TrainingExample:
 
 class Task:
     name: ClassVar[str]
+    #: bump when the samples or training examples a config produces change (keys caches and run identity)
+    version: ClassVar[str] = "1"
     Config: ClassVar[type[TaskConfig]] = TaskConfig
+    metric: ClassVar[str] = "exact_match"
+    #: generation budget in tokens
+    max_new_tokens: ClassVar[int] = 16
+    #: generation stops at the first of these words (each must be one token of the model's tokenizer)
+    stop_words: ClassVar[tuple[str, ...]] = (".",)
+    #: meta keys the report groups by besides the context length
+    group_by: ClassVar[tuple[str, ...]] = ()
+    #: meta key with the query-to-needle distance (for distance curves), if the task has one
+    distance_key: ClassVar[str | None] = None
 
     def __init__(self, config: TaskConfig, seed: int = 0):
         self.config = config
         self.seed = seed
 
+    # -- what a plugin implements -------------------------------------------------------
     def vocabulary(self) -> list[str]:
         """Every word the generator can emit (the reference tokenizer is built over it)."""
         raise NotImplementedError
@@ -66,14 +111,54 @@ class Task:
     def cell_samples(self, cell: dict[str, Any], tokenizer: TextTokenizer, n: int) -> list[Sample]:
         raise NotImplementedError
 
+    def training_example(self, rng: np.random.Generator, length: int, tokenizer: TextTokenizer) -> TrainingExample:
+        raise NotImplementedError(f"task {self.name!r} has no training generator")
+
+    # -- provided -----------------------------------------------------------------------
     def samples(self, tokenizer: TextTokenizer, limit: int | None = None) -> list[Sample]:
         n = self.samples_per_cell() if limit is None else min(limit, self.samples_per_cell())
         return [s for cell in self.cells() for s in self.cell_samples(cell, tokenizer, n)]
 
-    def training_example(self, rng: np.random.Generator, length: int, tokenizer: TextTokenizer) -> TrainingExample:
-        raise NotImplementedError(f"task {self.name!r} has no training generator")
+    def describe(self) -> dict[str, Any]:
+        """What the report needs to know about this task (stored in the run manifest)."""
+        return {"version": self.version, "metric": self.metric, "group_by": list(self.group_by),
+                "distance_key": self.distance_key, "max_new_tokens": self.max_new_tokens}
+
+    def stop_ids(self, tokenizer: TextTokenizer) -> list[int]:
+        """Token ids that end generation: each stop word as one token, plus the tokenizer's EOS."""
+        ids = []
+        for word in self.stop_words:
+            piece = tokenizer.piece(word)
+            if len(piece) != 1:
+                raise UserError(f"task {self.name}: stop word {word!r} is {len(piece)} tokens with this tokenizer; "
+                                "stop words must be single tokens")
+            ids.append(piece[0])
+        if tokenizer.eos_id is not None:
+            ids.append(tokenizer.eos_id)
+        return ids
+
+    def teacher_forcing(self, sample: Sample, stop_ids: list[int]) -> bool:
+        """Whether one teacher-forced pass scores ``sample`` exactly as greedy generation would."""
+        return (self.metric == "exact_match" and sample.answer_ids is not None and bool(stop_ids)
+                and not set(sample.answer_ids) & set(stop_ids)
+                and len(sample.answer_ids) + 1 <= self.max_new_tokens)
+
+    def score(self, sample: Sample, predicted_ids: list[int], prediction: str, stopped: bool) -> float:
+        """The per-sample score in [0, 1] of a generated answer (tokens before the stop, and their text)."""
+        if self.metric == "exact_match":
+            if sample.answer_ids is None:
+                raise ValueError(f"task {self.name}: exact_match needs answer_ids on every sample")
+            return metrics.exact_match(predicted_ids, sample.answer_ids, stopped)
+        return metrics.score_text(self.metric, prediction, sample.references)
 
     def rng(self, *parts: Any) -> np.random.Generator:
         """A generator seeded from (seed, task, *parts) only: one cell never shifts another."""
         digest = hashlib.sha256(repr((self.seed, self.name, *parts)).encode()).digest()
         return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+    def check_known(self, tokenizer: TextTokenizer, ids: list[int], what: str) -> None:
+        """Refuse ids holding the tokenizer's unknown token: a word the model cannot represent."""
+        unk = tokenizer.unk_id
+        if unk is not None and unk in ids:
+            raise UserError(f"task {self.name}: {what} contains a word the model's tokenizer cannot represent "
+                            f"(it became the unknown token); use a model whose tokenizer covers the task's vocabulary")

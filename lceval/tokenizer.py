@@ -18,9 +18,10 @@ SPECIALS = ["[PAD]", "[UNK]", "[BOS]"]
 class TextTokenizer:
     """Wraps a ``tokenizers.Tokenizer`` or a transformers tokenizer."""
 
-    def __init__(self, backend, *, bos_id: int | None = None, name: str = "custom"):
+    def __init__(self, backend, *, bos_id: int | None = None, eos_id: int | None = None, name: str = "custom"):
         self.backend = backend
         self.bos_id = bos_id
+        self.eos_id = eos_id
         self.name = name
         self._cache: dict[str, list[int]] = {}
         self._fingerprint: str | None = None
@@ -49,6 +50,13 @@ class TextTokenizer:
         return self.backend.decode(ids)
 
     @property
+    def unk_id(self) -> int | None:
+        """Id of the unknown token, if the tokenizer has one."""
+        if isinstance(self.backend, Tokenizer):
+            return self.backend.token_to_id("[UNK]")
+        return getattr(self.backend, "unk_token_id", None)
+
+    @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size() if isinstance(self.backend, Tokenizer) else len(self.backend)
 
@@ -63,7 +71,7 @@ class TextTokenizer:
     @classmethod
     def from_hf(cls, tokenizer) -> TextTokenizer:
         """Wrap a transformers tokenizer (its BOS token, if any, starts every prompt)."""
-        return cls(tokenizer, bos_id=tokenizer.bos_token_id, name=type(tokenizer).__name__)
+        return cls(tokenizer, bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, name=type(tokenizer).__name__)
 
     # -- persistence ------------------------------------------------------------------
     def save(self, path: Path) -> None:

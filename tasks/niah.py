@@ -47,8 +47,13 @@ class NiahConfig(TaskConfig):
 
 class NeedleInAHaystack(Task):
     name = "niah"
+    version = "2"
     Config = NiahConfig
     config: NiahConfig
+    metric = "exact_match"
+    max_new_tokens = 16
+    group_by = ("depth",)
+    distance_key = "distance"
 
     def __init__(self, config: NiahConfig, seed: int = 0):
         super().__init__(config, seed)
@@ -100,17 +105,18 @@ class NeedleInAHaystack(Task):
             out.append(Sample(
                 id=f"niah/L{length}/d{depth:g}/s{i}",
                 input_ids=ids,
+                references=[value],
                 answer_ids=tokenizer.piece(value),
-                meta={"context_length": len(ids), "depth": float(depth), "needle_offset": offset,
+                meta={"depth": float(depth), "needle_offset": offset,
                       "distance": len(ids) - offset, "sample": i, "haystack": pool.kind},
             ))
         return out
 
     # -- training ----------------------------------------------------------------------
     def training_example(self, rng: np.random.Generator, length: int, tokenizer: TextTokenizer) -> TrainingExample:
-        """Several needles in a haystack, then a question for each with its answer.
+        """Several needles in a haystack, then a question for each with its answer and a full stop.
 
-        Only the answers are labelled; many needles per sequence give many
+        Only the answers (and the stop that ends each) are labelled; many needles per sequence give many
         training signals per step (the multi-query recall recipe).
         """
         pool = self._pool(tokenizer)
@@ -119,7 +125,8 @@ class NeedleInAHaystack(Task):
         vals = [self.values()[j] for j in rng.integers(self.config.n_values, size=k)]
         needles = [tokenizer.piece(NEEDLE.format(key=KEYS[a], value=v)) for a, v in zip(keys, vals, strict=True)]
         order = rng.permutation(k)
-        qa = [(tokenizer.piece(QUESTION.format(key=KEYS[keys[j]])), tokenizer.piece(vals[j])) for j in order]
+        stop = tokenizer.piece(".")
+        qa = [(tokenizer.piece(QUESTION.format(key=KEYS[keys[j]])), tokenizer.piece(vals[j]) + stop) for j in order]
         prefix = tokenizer.prefix()
         used = len(prefix) + sum(map(len, needles)) + sum(len(q) + len(a) for q, a in qa)
         budget = length - used

@@ -1,4 +1,4 @@
-"""Report arithmetic: Wilson intervals, effective length, cell table."""
+"""Report arithmetic: intervals, effective length (absolute and relative), failed rows, RULER and agreement tables."""
 
 from __future__ import annotations
 
@@ -7,7 +7,17 @@ import math
 import numpy as np
 import pandas as pd
 
-from lceval.report import cell_table, effective_length, markdown_table, summary_table, wilson
+from lceval.report import (
+    agreement_table,
+    cell_table,
+    effective_length,
+    file_stem,
+    frame,
+    markdown_table,
+    ruler_table,
+    summary_table,
+    wilson,
+)
 
 
 def test_wilson_known_values():
@@ -15,36 +25,80 @@ def test_wilson_known_values():
     assert math.isclose(float(lo), 0.4902, abs_tol=1e-4) and math.isclose(float(hi), 0.9433, abs_tol=1e-4)
     lo, hi = wilson(0, 10)
     assert float(lo) == 0 and math.isclose(float(hi), 0.2775, abs_tol=1e-4)
-    lo, hi = wilson(10, 10)
-    assert math.isclose(float(lo), 0.7225, abs_tol=1e-4) and math.isclose(float(hi), 1.0)
     assert np.isnan(wilson(0, 0)[0])
 
 
-def rows(spec):
+def rows(spec, pairing="p", task="t"):
     out = []
-    for L, depth, correct, status in spec:
-        out.append({"pairing": "p", "task": "t", "context_length": L, "depth": depth, "sample_id": str(len(out)),
-                    "correct": correct, "status": status, "distance": L // 2})
-    return pd.DataFrame(out)
+    for L, depth, score, status in spec:
+        out.append({"pairing": pairing, "task": task, "model": "m", "attention": "full", "context_length": L,
+                    "meta": {"depth": depth, "distance": L // 2}, "sample_id": f"{L}/{len(out)}", "score": score,
+                    "correct": score == 1.0, "status": status, "prediction": "x", "answer_logprob": -1.0})
+    return out
 
 
-def test_cells_ignore_non_ok_rows_and_effective_length():
-    df = rows([(64, 0.5, True, "ok")] * 9 + [(64, 0.5, False, "ok")]
-              + [(128, 0.5, True, "ok")] * 8 + [(128, 0.5, False, "ok")] * 2
-              + [(256, 0.5, True, "ok")] * 9 + [(256, 0.5, False, "ok")]
-              + [(512, 0.5, False, "unsupported_length")] * 10)
-    cells = cell_table(df).set_index("context_length")
-    assert cells.loc[64, "accuracy"] == 0.9 and cells.loc[128, "accuracy"] == 0.8
-    assert np.isnan(cells.loc[512, "accuracy"]) and cells.loc[512, "status"] == "unsupported_length"
+MANIFEST = {"tasks": {"t": {"group_by": ["depth"], "distance_key": "distance"}}}
+
+
+def test_failed_rows_count_as_wrong_and_unrun_cells_stay_empty():
+    df = frame(rows([(64, 0.5, 0.0, "nonfinite")] * 9 + [(64, 0.5, 1.0, "ok")]
+                    + [(128, 0.5, 1.0, "ok")] * 10 + [(256, 0.5, 0.0, "unsupported_length")] * 10))
+    cells = cell_table(df, MANIFEST).set_index("context_length")
+    assert cells.loc[64, "score"] == 0.1  # 9 non-finite rows and 1 correct row: 10%, not 100%
+    assert cells.loc[64, "status"] == "nonfinite=9,ok=1"
+    assert np.isnan(cells.loc[256, "score"]) and cells.loc[256, "n_ran"] == 0
     s = summary_table(df, 85.6).iloc[0]
-    assert s["effective_length"] == 256  # longest length with accuracy >= 85.6% (128 fails, 256 passes)
-    assert s["not_ok"] == "unsupported_length=10"
-    assert effective_length(pd.DataFrame({"context_length": [64], "accuracy": [0.5]}), 0.856) is None
+    assert s["effective_length"] is None  # the shortest length already fails
+    assert np.isnan(s["mean"])  # a mean over a partial grid is not shown
+    assert "nonfinite=9" in s["not_ok"] and "unsupported_length=10" in s["not_ok"]
 
 
-def test_markdown_formats_lengths_and_accuracies():
-    df = pd.concat([rows([(64, 0.5, True, "ok")] * 9 + [(128, 0.5, False, "ok")] * 9),
-                    rows([(64, 0.5, False, "ok")] * 9).assign(pairing="q")])
+def curve(points):
+    return pd.DataFrame(points, columns=["context_length", "score"])
+
+
+def test_effective_length_is_the_longest_prefix_that_passes():
+    non_monotone = curve([(64, 0.95), (128, 0.80), (256, 0.90), (512, 0.95)])
+    assert effective_length(non_monotone, 0.856) == 64  # 256 and 512 pass, but 128 fails before them
+    assert effective_length(curve([(64, 0.95), (128, 0.90), (256, 0.50)]), 0.856) == 128
+    assert effective_length(curve([(64, 0.5)]), 0.856) is None
+    assert effective_length(curve([(64, 0.95), (128, math.nan), (256, 0.99)]), 0.856) == 64  # not run: not passed
+
+
+def test_relative_effective_length_uses_the_shortest_length():
+    c = curve([(64, 0.60), (128, 0.55), (256, 0.50), (512, 0.20)])
+    assert effective_length(c, 0.856) is None  # never above RULER's absolute threshold
+    assert effective_length(c, 0.85, relative=True) == 128  # 0.55 >= 0.51 (85% of 0.60); 0.50 < 0.51
+    assert effective_length(curve([(64, 0.0), (128, 0.0)]), 0.85, relative=True) is None
+
+
+def test_ruler_table_averages_tasks_per_length():
+    df = frame(rows([(64, 0.0, 1.0, "ok")] * 10 + [(128, 0.0, 1.0, "ok")] * 5 + [(128, 0.0, 0.0, "ok")] * 5, task="a")
+               + rows([(64, 0.0, 0.5, "ok")] * 10 + [(128, 0.0, 0.0, "ok")] * 10, task="b"))
+    t = ruler_table(df, 85.6).iloc[0]
+    assert t[64] == 0.75 and t[128] == 0.25 and t["tasks"] == 2 and t["effective_length"] is None
+    assert t["mean"] == 0.5
+
+
+def test_agreement_with_the_oracle():
+    full = rows([(64, 0.0, 1.0, "ok")] * 4, pairing="m/full")
+    win = rows([(64, 0.0, 1.0, "ok")] * 3 + [(64, 0.0, 0.0, "ok")], pairing="m/win")
+    for r in win:
+        r["attention"] = "sliding_window"
+    win[3]["prediction"], win[3]["answer_logprob"] = "y", -3.5
+    t = agreement_table(frame(full + win)).iloc[0]
+    assert t["pairing"] == "m/win" and t["oracle"] == "m/full" and t["agree"] == 0.75 and t["changed"] == 1
+    assert t["max_logprob_diff"] == 2.5
+
+
+def test_markdown_formats_lengths_and_scores():
+    df = frame(rows([(64, 0.5, 1.0, "ok")] * 9 + [(128, 0.5, 0.0, "ok")] * 9)
+               + rows([(64, 0.5, 0.0, "ok")] * 9, pairing="q"))
     md = markdown_table(summary_table(df, 85.6).drop(columns="task"))
-    assert "| p | 50.0% | 100.0% | 0.0% | 64 |" in md  # effective length 64, not a percentage
-    assert "| q | 0.0% | 0.0% | - | - |" in md
+    assert "| p | 100.0 | 0.0 | 50.0 | 64 | 64 |" in md
+    assert "| q | 0.0 | - | 0.0 | - | - |" in md  # tested at 64 only: 128 shows "-"
+
+
+def test_file_names_never_collide():
+    assert file_stem("niah", "mine (v1)") != file_stem("niah", "mine [v1]")
+    assert file_stem("niah", "a/b") != file_stem("niah", "a_b")

@@ -34,9 +34,12 @@ def test_run_writes_report_and_full_equals_flash(quickstart_rotary, write_config
     res = run_cli([cfg, "--out", tmp_path / "run"])
     assert res.exit_code == 0, res.output
     out = tmp_path / "run"
+    from lceval.report import file_stem
+
     for f in ["results.jsonl", "manifest.json", "report/results.csv", "report/cells.csv", "report/summary.md",
-              "report/heatmap_niah_m_full.png", "report/heatmap_niah_m_flash.png", "report/distance_niah.png",
-              "report/report.html"]:
+              f"report/heatmap_{file_stem('niah', 'm/full')}.png", f"report/heatmap_{file_stem('niah', 'm/flash')}.png",
+              f"report/distance_{file_stem('niah')}.png", f"report/length_{file_stem('niah')}.png",
+              "report/agreement.csv", "report/report.html"]:
         assert (out / f).exists(), f
     assert res.output.strip().splitlines()[-2].startswith("report: ")
     rows = read_rows(out)
@@ -54,7 +57,9 @@ def test_run_writes_report_and_full_equals_flash(quickstart_rotary, write_config
     assert "| m/full |" in summary and "| m/flash |" in summary and "effective_length" in summary
     page = (out / "report" / "report.html").read_text()
     pngs = sorted(p.name for p in (out / "report").glob("*.png"))
-    assert page.count("src='data:image/png;base64,") == len(pngs) == 3  # self-contained: no file links
+    assert page.count("src='data:image/png;base64,") == len(pngs) == 4  # self-contained: no file links
+    agree = pd.read_csv(out / "report" / "agreement.csv")
+    assert agree.loc[0, "pairing"] == "m/flash" and agree.loc[0, "oracle"] == "m/full" and agree.loc[0, "agree"] == 1.0
     assert "<td>m/full</td>" in page and "<td>m/flash</td>" in page
 
 
@@ -122,9 +127,9 @@ def test_changed_config_refused_on_same_dir(quickstart_rotary, write_config, tmp
     res = run_cli([cfg, "--out", tmp_path / "r", "--set", "report.threshold=10"])
     assert res.exit_code == 0 and "already done: 36" in res.output
     assert json.loads((tmp_path / "r" / "manifest.json").read_text())["config"]["report"]["threshold"] == 10
-    assert "mean accuracy >= 10%" in (tmp_path / "r" / "report" / "summary.md").read_text()
+    assert "up to L scores >= 10 (absolute" in (tmp_path / "r" / "report" / "summary.md").read_text()
     res = CliRunner().invoke(main, ["report", str(tmp_path / "r"), "--threshold", "99.5"])
-    assert res.exit_code == 0 and "mean accuracy >= 99.5%" in (tmp_path / "r" / "report" / "summary.md").read_text()
+    assert res.exit_code == 0 and "up to L scores >= 99.5 (absolute" in (tmp_path / "r" / "report" / "summary.md").read_text()
 
 
 class ExplodingAttention(FullAttention):

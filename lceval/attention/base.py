@@ -9,6 +9,7 @@ import pydantic
 import torch
 from torch import Tensor
 
+from lceval.attention.cache import LayerCache
 from lceval.attention.core import MaskFn, ScoreMod, causal_mask, dense_scores, safe_softmax
 
 
@@ -52,6 +53,17 @@ class Attention:
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = True,
                  score_mod: ScoreMod | None = None, scale: float | None = None) -> Tensor:
         raise NotImplementedError
+
+    def cached(self, cache: LayerCache, q: Tensor, k: Tensor, v: Tensor, score_mod: ScoreMod | None = None,
+               scale: float | None = None) -> Tensor:
+        """Causal attention of new queries over the cached keys plus the new ones; extends the cache.
+
+        q (B, H, T, D) and k, v (B, H_kv, T, D) are the T newest tokens, position-encoded.
+        Softmax variants append k, v and attend bottom-right aligned (query i sits at key
+        position i + S - T), which is what recomputing the whole sequence would give.
+        """
+        kk, vv = cache.append(k, v)
+        return self(q, kk, vv, causal=True, score_mod=score_mod, scale=scale)
 
     def weights(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = True, rows: slice | None = None,
                 score_mod: ScoreMod | None = None, scale: float | None = None) -> Tensor:

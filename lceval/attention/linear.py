@@ -96,6 +96,36 @@ class LinearAttention(Attention):
             outs.append(self._ratio(num, den))
         return torch.cat(outs, dim=2).to(q.dtype)
 
+    def cached(self, cache, q, k, v, score_mod=None, scale=None) -> Tensor:
+        """Decode from the recurrent state: (sum phi(k)^T v, sum phi(k)) over the tokens so far.
+
+        The first call (the prompt) runs the chunked path and folds every key into the
+        state; later calls read the state, then absorb their own keys, in chunks.
+        """
+        self._refuse(score_mod)
+        check_shapes(q, k, v)
+        H = q.shape[1]
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        fk = self.phi(repeat_kv(k, H))  # (B, H, T, Dphi)
+        vv = repeat_kv(v, H).to(acc)  # (B, H, T, D)
+        if cache.state is None:
+            out = self(q, k, v, causal=True)
+            cache.state = (fk.transpose(-1, -2).to(acc) @ vv, fk.sum(2).to(acc))  # (B,H,Dphi,D), (B,H,Dphi)
+            return out
+        state, z = cache.state
+        outs, c = [], self.params.chunk
+        for t0 in range(0, q.shape[2], c):
+            t1 = min(t0 + c, q.shape[2])
+            fq, fkc, vc = self.phi(q[:, :, t0:t1]).to(acc), fk[:, :, t0:t1].to(acc), vv[:, :, t0:t1]
+            a = torch.tril(fq @ fkc.transpose(-1, -2))  # (B, H, c, c): new keys visible causally
+            num = fq @ state + a @ vc
+            den = fq @ z[..., None] + a.sum(-1, keepdim=True)
+            outs.append(self._ratio(num, den))
+            state, z = state + fkc.transpose(-1, -2) @ vc, z + fkc.sum(2)
+        cache.state = (state, z)
+        self.last_impl = "torch.recurrent"
+        return torch.cat(outs, dim=2).to(q.dtype)
+
     @staticmethod
     def _ratio(num: Tensor, den: Tensor) -> Tensor:
         return num / torch.where(den > 0, den, torch.ones_like(den))

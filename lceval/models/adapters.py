@@ -69,10 +69,13 @@ class ReferenceAdapter(ModelAdapter):
         self.max_length = self.model.position.max_supported_length
 
     def ensure_trained(self) -> Path:
+        from lceval import registry
         from lceval.train import train
 
         recipe = self.spec.train
-        digest = hashlib.sha256(json.dumps(recipe.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        versions = {n: registry.tasks.get(n).version for n in recipe.mixture()}  # a changed generator retrains
+        payload = {"recipe": recipe.model_dump(mode="json"), "task_versions": versions}
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         path = cache_dir() / "models" / f"{recipe.position}-{digest[:12]}"
         if not is_complete(path):
             train(recipe, path, progress=self.progress, device=self.device)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lceval.attention import Attention
+from lceval.attention.cache import KVCache, LayerCache
 from lceval.position import PositionEncoding, build_position
 
 
@@ -50,14 +51,22 @@ class ShortConv(nn.Module):
         self.kernel = kernel
         self.conv = nn.Conv1d(d, d, kernel, groups=d)
 
-    def forward(self, x: Tensor) -> Tensor:
-        y = F.pad(x.transpose(1, 2), (self.kernel - 1, 0))  # (B, d, T + k - 1)
+    def forward(self, x: Tensor, cache: LayerCache | None = None) -> Tensor:
+        """With a layer cache, the last k - 1 inputs of earlier calls stand in for the left padding."""
+        xt = x.transpose(1, 2)  # (B, d, T)
+        if cache is None or cache.conv_tail is None:
+            y = F.pad(xt, (self.kernel - 1, 0))  # (B, d, T + k - 1)
+        else:
+            y = torch.cat([cache.conv_tail, xt], dim=2)
+        if cache is not None:
+            cache.conv_tail = y[:, :, y.shape[2] - (self.kernel - 1):]
         return self.conv(y).transpose(1, 2)
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, arch: Architecture, model: ReferenceTransformer):
+    def __init__(self, arch: Architecture, model: ReferenceTransformer, layer: int):
         super().__init__()
+        self.layer = layer  # which block this is (attention capture and the KV cache are per layer)
         self.h = arch.n_heads
         self.h_kv = arch.n_kv_heads or arch.n_heads
         self.dh = arch.d_model // arch.n_heads
@@ -66,30 +75,35 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(arch.d_model, arch.d_model, bias=False)
         self._model = [model]  # back-reference without registering a submodule
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
         B, T, _ = x.shape
         model = self._model[0]
+        offset = 0 if cache is None else cache.length
         q = self.q(x).view(B, T, self.h, self.dh).transpose(1, 2)  # (B, H, T, Dh)
         k, v = self.kv(x).view(B, T, 2, self.h_kv, self.dh).permute(2, 0, 3, 1, 4)  # (B, H_kv, T, Dh)
-        q, k = model.position.rotate(q, k)
-        y = model.attention(q, k, v, causal=True, score_mod=model.position.score_mod())  # (B, H, T, Dh)
+        q, k = model.position.rotate(q, k, offset)
+        mod = model.position.score_mod()
+        if cache is None:
+            y = model.attention(q, k, v, causal=True, score_mod=mod)  # (B, H, T, Dh)
+        else:
+            y = model.attention.cached(cache.layers[self.layer], q, k, v, score_mod=mod)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
 
 class Block(nn.Module):
-    def __init__(self, arch: Architecture, model: ReferenceTransformer):
+    def __init__(self, arch: Architecture, model: ReferenceTransformer, layer: int):
         super().__init__()
         d = arch.d_model
         self.conv = ShortConv(d, arch.conv_kernel) if arch.conv_kernel else None
         self.ln0 = nn.LayerNorm(d) if self.conv else None
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = SelfAttention(arch, model)
+        self.attn = SelfAttention(arch, model, layer)
         self.mlp = nn.Sequential(nn.Linear(d, arch.mlp_ratio * d), nn.GELU(), nn.Linear(arch.mlp_ratio * d, d))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
         if self.conv is not None:
-            x = x + self.conv(self.ln0(x))
-        x = x + self.attn(self.ln1(x))
+            x = x + self.conv(self.ln0(x), None if cache is None else cache.layers[self.attn.layer])
+        x = x + self.attn(self.ln1(x), cache)
         return x + self.mlp(self.ln2(x))
 
 
@@ -100,16 +114,25 @@ class ReferenceTransformer(nn.Module):
         self.attention = attention
         self.embed = nn.Embedding(arch.vocab_size, arch.d_model)
         self.position: PositionEncoding = build_position(arch.position, arch.d_model, arch.n_heads, arch.max_length)
-        self.blocks = nn.ModuleList(Block(arch, self) for _ in range(arch.n_layers))
+        self.blocks = nn.ModuleList(Block(arch, self, i) for i in range(arch.n_layers))
         self.ln_f = nn.LayerNorm(arch.d_model)
         self.head = nn.Linear(arch.d_model, arch.vocab_size, bias=False)
         self.apply(_init)
 
-    def hidden(self, ids: Tensor) -> Tensor:
-        """Final hidden states (B, T, d) for token ids (B, T)."""
-        x = self.position.embed(self.embed(ids))
+    def new_cache(self) -> KVCache:
+        return KVCache.empty(len(self.blocks))
+
+    def hidden(self, ids: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Final hidden states (B, T, d) for token ids (B, T).
+
+        With a ``cache``, ``ids`` continue the sequence the cache holds, and the cache is extended.
+        """
+        offset = 0 if cache is None else cache.length
+        x = self.position.embed(self.embed(ids), offset)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, cache)
+        if cache is not None:
+            cache.length += ids.shape[1]
         return self.ln_f(x)
 
     def logits_at(self, hidden: Tensor, index: Tensor) -> Tensor:

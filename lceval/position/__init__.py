@@ -1,10 +1,11 @@
 """Position encodings: absolute (sinusoidal, learned), rotary, ALiBi, none.
 
 Each is a module with three hooks the reference model calls; a hook an
-encoding does not use is the identity:
+encoding does not use is the identity. ``offset`` is the position of the first
+of the T tokens (non-zero when decoding with a KV cache):
 
-* ``embed(x)``: add absolute positions to token embeddings x (B, T, d);
-* ``rotate(q, k)``: rotate queries/keys (B, H, T, Dh) (rotary);
+* ``embed(x, offset)``: add absolute positions to token embeddings x (B, T, d);
+* ``rotate(q, k, offset)``: rotate queries/keys (B, H, T, Dh) (rotary);
 * ``score_mod()``: a score bias for the attention backend (ALiBi), or None.
 """
 
@@ -35,10 +36,10 @@ class PositionEncoding(nn.Module):
         """Longest input this encoding can represent; None for unbounded."""
         return None
 
-    def embed(self, x: Tensor) -> Tensor:
+    def embed(self, x: Tensor, offset: int = 0) -> Tensor:
         return x
 
-    def rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    def rotate(self, q: Tensor, k: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
         return q, k
 
     def score_mod(self):
@@ -61,9 +62,9 @@ class Sinusoidal(PositionEncoding):
     absolute = True
     amplitude = 0.03
 
-    def embed(self, x):
+    def embed(self, x, offset=0):
         T, d = x.shape[1], x.shape[2]
-        pos = torch.arange(T, dtype=torch.float32, device=x.device)[:, None]
+        pos = torch.arange(offset, offset + T, dtype=torch.float32, device=x.device)[:, None]
         freq = torch.exp(torch.arange(0, d, 2, device=x.device, dtype=torch.float32) * (-math.log(10000.0) / d))
         pe = torch.zeros(T, d, device=x.device)
         pe[:, 0::2] = torch.sin(pos * freq)
@@ -86,11 +87,11 @@ class Learned(PositionEncoding):
     def max_supported_length(self):
         return self.max_length
 
-    def embed(self, x):
-        T = x.shape[1]
-        if T > self.max_length:
-            raise UnsupportedLength(f"learned positions cover {self.max_length} tokens, input has {T}")
-        return x + self.table.weight[:T]
+    def embed(self, x, offset=0):
+        end = offset + x.shape[1]
+        if end > self.max_length:
+            raise UnsupportedLength(f"learned positions cover {self.max_length} tokens, input has {end}")
+        return x + self.table.weight[offset:end]
 
 
 class Rotary(PositionEncoding):
@@ -98,11 +99,11 @@ class Rotary(PositionEncoding):
 
     name = "rotary"
 
-    def rotate(self, q, k):
+    def rotate(self, q, k, offset=0):
         T, dh = q.shape[2], q.shape[3]
         half = dh // 2
         inv = 1.0 / (10000.0 ** (torch.arange(half, device=q.device, dtype=torch.float32) / half))
-        ang = torch.arange(T, device=q.device, dtype=torch.float32)[:, None] * inv  # (T, half)
+        ang = torch.arange(offset, offset + T, device=q.device, dtype=torch.float32)[:, None] * inv  # (T, half)
         cos, sin = ang.cos().to(q.dtype), ang.sin().to(q.dtype)
 
         def rot(x):  # (B, H, T, dh)

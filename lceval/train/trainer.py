@@ -1,13 +1,17 @@
-"""Training a reference model on a task's generator at a short length.
+"""Training a reference model on task generators at a short length.
 
-Deterministic from the recipe's seed. Logits are computed only at labelled
-positions (the answers), which is most of the speed on a CPU.
+Deterministic from the recipe's seed. Examples may differ in length: they are
+right-padded into a batch (causal attention never looks ahead, so padding
+changes nothing before it). Logits are computed only at labelled positions,
+which is most of the speed on a CPU. A mixture of tasks draws each sequence's
+task by weight.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +24,11 @@ from lceval.attention import build_attention
 from lceval.config import TrainRecipe, validate_task_config
 from lceval.models.checkpoint import save_checkpoint
 from lceval.models.reference import Architecture, ReferenceTransformer
+from lceval.task import Task, TrainingExample
 from lceval.tokenizer import word_level
+
+#: the card's accuracy is measured on samples drawn with this seed offset, never the evaluation's own
+FRESH_SEED_OFFSET = 1_000_003
 
 
 def build_model(recipe: TrainRecipe, vocab_size: int) -> ReferenceTransformer:
@@ -32,16 +40,26 @@ def build_model(recipe: TrainRecipe, vocab_size: int) -> ReferenceTransformer:
     return ReferenceTransformer(arch, build_attention(recipe.attention.name, **recipe.attention.params))
 
 
-def _batch(task, rng, recipe, tokenizer, device):
-    exs = [task.training_example(rng, recipe.train_length, tokenizer) for _ in range(recipe.batch_size)]
-    ids = torch.tensor([e.ids for e in exs], device=device)  # (B, T)
-    k = max(len(e.labels) for e in exs)
-    pos = torch.zeros(len(exs), k, dtype=torch.long, device=device)
-    lab = torch.full((len(exs), k), -100, dtype=torch.long, device=device)
+def build_tasks(recipe: TrainRecipe, seed: int) -> dict[str, Task]:
+    out = {}
+    for name, mix in recipe.mixture().items():
+        cls = registry.tasks.get(name, where="train.task")
+        out[name] = cls(validate_task_config(cls, mix.config, f"train.tasks.{name}.config"), seed=seed)
+    return out
+
+
+def pad_batch(exs: list[TrainingExample], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad examples of any lengths: ids (B, T), label positions and labels (B, K; -100 = none)."""
+    T = max(len(e.ids) for e in exs)
+    K = max(len(e.labels) for e in exs)
+    ids = torch.full((len(exs), T), pad_id, dtype=torch.long)
+    pos = torch.zeros(len(exs), K, dtype=torch.long)
+    lab = torch.full((len(exs), K), -100, dtype=torch.long)
     for i, e in enumerate(exs):
+        ids[i, : len(e.ids)] = torch.tensor(e.ids)
         pos[i, : len(e.labels)] = torch.tensor(e.label_positions)
         lab[i, : len(e.labels)] = torch.tensor(e.labels)
-    return ids, pos, lab
+    return ids.to(device), pos.to(device), lab.to(device)
 
 
 def train(recipe: TrainRecipe, out_dir: Path, *, progress: bool = True, device: str | None = None) -> dict:
@@ -49,9 +67,12 @@ def train(recipe: TrainRecipe, out_dir: Path, *, progress: bool = True, device: 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
-    task_cls = registry.tasks.get(recipe.task, where="train.task")
-    task = task_cls(validate_task_config(task_cls, recipe.task_config, "train.task_config"), seed=recipe.seed)
-    tokenizer = word_level(task.vocabulary())
+    tasks = build_tasks(recipe, recipe.seed)
+    names = list(tasks)
+    weights = np.array([recipe.mixture()[n].weight for n in names], dtype=float)
+    weights /= weights.sum()
+    tokenizer = word_level(list(dict.fromkeys(w for t in tasks.values() for w in t.vocabulary())))
+    pad_id = tokenizer.backend.token_to_id("[PAD]")
     model = build_model(recipe, tokenizer.vocab_size).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98))
 
@@ -68,7 +89,9 @@ def train(recipe: TrainRecipe, out_dir: Path, *, progress: bool = True, device: 
     ema_acc = 0.0
     model.train()
     for step in bar:
-        ids, pos, lab = _batch(task, rng, recipe, tokenizer, device)
+        picks = rng.choice(len(names), size=recipe.batch_size, p=weights) if len(names) > 1 else [0] * recipe.batch_size
+        exs = [tasks[names[j]].training_example(rng, recipe.train_length, tokenizer) for j in picks]
+        ids, pos, lab = pad_batch(exs, pad_id, device)
         logits = model.logits_at(model.hidden(ids), pos)  # (B, K, V)
         loss = F.cross_entropy(logits.flatten(0, 1), lab.flatten(), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
@@ -83,12 +106,13 @@ def train(recipe: TrainRecipe, out_dir: Path, *, progress: bool = True, device: 
         bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{ema_acc:.2f}")
     seconds = time.perf_counter() - start
     model.eval()
-    measured = evaluate_training_length(model, task, tokenizer, recipe, device)
+    measured = evaluate_training_length(model, recipe, tokenizer, device)
     card = {
         "format": "lceval-reference/1",
         "architecture": model.arch.model_dump(),
         "tokenizer": {"kind": tokenizer.name, "file": "tokenizer.json", "vocab_size": tokenizer.vocab_size},
         "recipe": recipe.model_dump(mode="json"),
+        "task_versions": {n: t.version for n, t in tasks.items()},
         "training_length": recipe.train_length,
         "train_seconds": round(seconds, 1),
         "device": device,
@@ -99,19 +123,38 @@ def train(recipe: TrainRecipe, out_dir: Path, *, progress: bool = True, device: 
 
 
 @torch.no_grad()
-def evaluate_training_length(model, task, tokenizer, recipe: TrainRecipe, device) -> dict:
-    """Needle accuracy on fresh samples at the training length (greedy exact match)."""
+def evaluate_training_length(model, recipe: TrainRecipe, tokenizer, device) -> dict:
+    """Each task's score on fresh samples (a seed no evaluation uses) at the training length.
+
+    One task: ``{task, context_length, samples, accuracy}``; a mixture adds ``per_task``.
+    """
     from lceval.scoring import score_batch
 
     if recipe.eval_samples == 0:
         return {}
-    cells = [c for c in task.cells() if c.get("context_length") == recipe.train_length] or [
-        dict(c, context_length=recipe.train_length) for c in task.cells()[:1]]
-    per = max(1, recipe.eval_samples // len(cells))
-    samples = [s for c in cells for s in task.cell_samples(c, tokenizer, per)]
-    correct = 0
-    for i in range(0, len(samples), 32):
-        res = score_batch(model, samples[i : i + 32], device)
-        correct += sum(r.correct for r in res)
-    return {"task": task.name, "context_length": recipe.train_length, "samples": len(samples),
-            "accuracy": round(correct / len(samples), 4)}
+    tasks = build_tasks(recipe, recipe.seed + FRESH_SEED_OFFSET)
+    length = recipe.train_length
+    table = model.position.max_supported_length
+    if table is not None:  # a learned table: the prompt, the answer and its stop must fit in it
+        length = min(length, table - max(t.max_new_tokens for t in tasks.values()))
+    per_task = {}
+    for name, task in tasks.items():
+        cells = [dict(c, context_length=length) for c in task.cells() if c.get("context_length") == task.cells()[0].get(
+            "context_length")]
+        per = max(1, recipe.eval_samples // len(cells) // len(tasks))
+        by_length = defaultdict(list)
+        for c in cells:
+            for s in task.cell_samples(c, tokenizer, per):
+                by_length[len(s.input_ids)].append(s)
+        scores = []
+        for group in by_length.values():
+            for i in range(0, len(group), 32):
+                scores += [r.score for r in score_batch(model, task, group[i : i + 32], tokenizer, device=device)]
+        per_task[name] = {"samples": len(scores), "accuracy": round(float(np.mean(scores)), 4)}
+    n = sum(v["samples"] for v in per_task.values())
+    mean = sum(v["accuracy"] * v["samples"] for v in per_task.values()) / n
+    out = {"task": "+".join(per_task), "context_length": length, "samples": n,
+           "accuracy": round(mean, 4), "seed": recipe.seed + FRESH_SEED_OFFSET}
+    if len(per_task) > 1:
+        out["per_task"] = per_task
+    return out

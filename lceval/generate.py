@@ -1,0 +1,97 @@
+"""Getting a model's answer: greedy decoding with a KV cache, and teacher forcing.
+
+Any model the runner scores offers this small protocol (the reference model
+does; other adapters wrap theirs to match):
+
+* ``hidden(ids, cache=None) -> (B, T, d)``: with a cache, ``ids`` continue the
+  cached sequence and the cache is extended;
+* ``logits_at(hidden, index) -> (B, K, V)``: logits only where needed;
+* ``new_cache()``: an empty cache.
+
+``greedy_generate`` decodes a batch of equal-length prompts; ``recompute=True``
+runs the whole sequence again at every step instead of using the cache (the
+oracle the cache is tested against). ``teacher_forced`` scores one ordered
+answer in a single pass; it equals greedy decoding's exact match followed by
+a stop token (see ``lceval.task``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Answer:
+    """The model's answer to one prompt."""
+
+    tokens: list[int]  # generated tokens before the stop token (greedy-consistent prefix under teacher forcing)
+    stopped: bool  # a stop token ended it (False: the budget ran out)
+    finite: bool  # every logit it was read from was finite
+    logprob: float | None = None  # teacher forcing: log-probability of the reference answer
+    exact: bool | None = None  # teacher forcing: answer tokens and then a stop token
+
+
+@torch.no_grad()
+def greedy_generate(model, prompts: torch.Tensor, max_new_tokens: int, stop_ids: list[int],
+                    recompute: bool = False) -> list[Answer]:
+    """Greedy decoding of prompts (B, T) until each emits a stop id or ``max_new_tokens`` are out."""
+    B = prompts.shape[0]
+    device = prompts.device
+    stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
+    cache = None if recompute else model.new_cache()
+    seq = prompts
+    h = model.hidden(prompts, cache=cache) if cache is not None else model.hidden(prompts)
+    logits = model.logits_at(h, torch.full((B, 1), prompts.shape[1] - 1, device=device))[:, 0]  # (B, V)
+    out = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    stopped = torch.zeros(B, dtype=torch.bool, device=device)
+    finite = torch.ones(B, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        finite &= torch.isfinite(logits).all(-1) | done
+        nxt = logits.argmax(-1)  # (B,)
+        is_stop = torch.isin(nxt, stop)
+        for i in torch.nonzero(~done & ~is_stop).flatten().tolist():
+            out[i].append(int(nxt[i]))
+        stopped |= ~done & is_stop
+        done |= is_stop
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        if cache is not None:
+            h = model.hidden(nxt[:, None], cache=cache)
+            logits = model.logits_at(h, torch.zeros(B, 1, dtype=torch.long, device=device))[:, 0]
+        else:
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            h = model.hidden(seq)
+            logits = model.logits_at(h, torch.full((B, 1), seq.shape[1] - 1, device=device))[:, 0]
+    return [Answer(o, bool(s), bool(f)) for o, s, f in zip(out, stopped.tolist(), finite.tolist(), strict=True)]
+
+
+@torch.no_grad()
+def teacher_forced(model, prompts: torch.Tensor, answers: torch.Tensor, stop_ids: list[int]) -> list[Answer]:
+    """One pass over prompt + answer (B, T + A): exact when the argmax is each answer token, then a stop id."""
+    B, T = prompts.shape
+    A = answers.shape[1]
+    ids = torch.cat([prompts, answers], dim=1)  # (B, T + A)
+    index = torch.arange(T - 1, T + A, device=prompts.device).expand(B, A + 1)  # (B, A + 1)
+    logits = model.logits_at(model.hidden(ids), index).float()  # (B, A + 1, V)
+    pred = logits.argmax(-1)  # (B, A + 1)
+    logp = torch.log_softmax(logits[:, :A], dim=-1).gather(-1, answers[..., None]).squeeze(-1).sum(-1)  # (B,)
+    finite = torch.isfinite(logits).all(dim=(1, 2))
+    stop = torch.tensor(sorted(set(stop_ids)), device=prompts.device)
+    match = pred[:, :A] == answers  # (B, A)
+    exact = match.all(-1) & torch.isin(pred[:, A], stop) & finite
+    result = []
+    for i in range(B):
+        wrong = torch.nonzero(~match[i]).flatten()
+        if len(wrong):  # greedy decoding would have produced exactly this much
+            w = int(wrong[0])
+            stopped = bool(torch.isin(pred[i, w], stop))
+            tokens = pred[i, : w if stopped else w + 1].tolist()
+        else:
+            tokens, stopped = answers[i].tolist(), bool(torch.isin(pred[i, A], stop))
+            if not stopped:
+                tokens = tokens + [int(pred[i, A])]
+        result.append(Answer(tokens, stopped, bool(finite[i]), float(logp[i]), bool(exact[i])))
+    return result

@@ -1,0 +1,56 @@
+"""Per-sample metrics, as pure functions of the prediction and the references.
+
+Every metric returns a score in [0, 1] for one sample; a report averages them
+over samples and shows percent (x100), as RULER does.
+
+* ``exact_match``: the model produced exactly the reference tokens and then
+  stopped. Compared as token ids (what the model would naturally produce), so
+  a longer answer such as ``1234`` for ``123`` is wrong.
+* ``string_match_all`` (RULER): the fraction of references found as
+  case-insensitive substrings of the prediction. Order-free.
+* ``string_match_part`` (RULER): 1 if any reference is found, else 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+METRICS: dict[str, Callable[..., float]] = {}
+
+
+def metric(fn):
+    METRICS[fn.__name__] = fn
+    return fn
+
+
+@metric
+def string_match_all(prediction: str, references: Sequence[str]) -> float:
+    """Fraction of references that occur (case-insensitively) in the prediction."""
+    if not references:
+        raise ValueError("string_match_all needs at least one reference")
+    text = prediction.lower()
+    return sum(r.lower() in text for r in references) / len(references)
+
+
+@metric
+def string_match_part(prediction: str, references: Sequence[str]) -> float:
+    """1.0 when any reference occurs (case-insensitively) in the prediction, else 0.0."""
+    if not references:
+        raise ValueError("string_match_part needs at least one reference")
+    text = prediction.lower()
+    return float(any(r.lower() in text for r in references))
+
+
+def exact_match(predicted_ids: Sequence[int], answer_ids: Sequence[int], stopped: bool) -> float:
+    """1.0 when the model emitted exactly ``answer_ids`` and then a stop token."""
+    return float(stopped and list(predicted_ids) == list(answer_ids))
+
+
+TEXT_METRICS = tuple(METRICS)  # metrics computed on decoded text
+ALL_METRICS = (*TEXT_METRICS, "exact_match")
+
+
+def score_text(name: str, prediction: str, references: Sequence[str]) -> float:
+    if name not in METRICS:
+        raise ValueError(f"unknown text metric {name!r}; choose one of {', '.join(METRICS)}")
+    return METRICS[name](prediction, references)

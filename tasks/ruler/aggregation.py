@@ -1,0 +1,183 @@
+"""Aggregation tasks (RULER's cwe and fwe): which words occur most often?
+
+``cwe`` (common words extraction): ``num_common`` words appear ``freq_common``
+times each among uncommon words that appear ``freq_uncommon`` times each; the
+answer is the common words. When a long context needs more distinct uncommon
+words than the pool holds, both frequencies are scaled up together (keeping
+their ratio), so the common words stay strictly the most frequent; the
+realised frequencies are recorded.
+
+``fwe`` (frequent words extraction): coded words with Zipf(alpha) counts; the
+answer is the ``top`` most frequent words. Counts are the Zipf expectation,
+made strictly decreasing over the top ``top + 1`` ranks, so the answer is
+unambiguous.
+
+Both score with string_match_all; neither has a depth.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pydantic
+
+from lceval.errors import UserError
+from lceval.task import Sample, Task, TaskConfig, TrainingExample
+from lceval.tasks.ruler.common import pseudo_words
+
+CWE_HEAD = "Below is a list of words ."
+CWE_QUESTION = ("Question : what are the {n} most common words in the list above ? "
+                "Answer : the {n} most common words are")
+FWE_HEAD = "Read the coded text below and find the most frequent coded words ."
+FWE_QUESTION = ("Question : what are the {n} most frequent coded words in the text above ? "
+                "Answer : the {n} most frequent coded words are")
+
+
+def _words_of(*templates: str) -> set[str]:
+    return {w for t in templates for w in t.split() if "{" not in w}
+
+
+class _WordCount(Task):
+    metric = "string_match_all"
+    group_by = ()
+    distance_key = None
+
+    def __init__(self, config, seed: int = 0):
+        super().__init__(config, seed)
+        self.words = pseudo_words(config.pool, seed=41)
+
+    def cells(self):
+        return [{"context_length": n} for n in self.config.lengths]
+
+    def samples_per_cell(self):
+        return self.config.samples
+
+    def _frame(self, tokenizer, head: str, question: str, length: int):
+        prefix = tokenizer.prefix() + tokenizer.piece(head)
+        q = tokenizer.piece(question)
+        word_ids = [tokenizer.piece(w) for w in self.words]
+        if any(len(w) != 1 for w in word_ids):  # counts are in words; each must be one token to hit the length
+            raise UserError(f"task {self.name}: its words must be single tokens of the model's tokenizer; "
+                            "use the reference word-level tokenizer or a model that has these words")
+        return prefix, q, [w[0] for w in word_ids], length - len(prefix) - len(q)
+
+    def cell_samples(self, cell, tokenizer, n):
+        length = cell["context_length"]
+        out = []
+        for i in range(n):
+            ids, refs, meta = self._build(self.rng(length, i), tokenizer, length)
+            self.check_known(tokenizer, ids, "a prompt")
+            out.append(Sample(id=f"{self.name}/L{length}/s{i}", input_ids=ids, references=refs, meta={**meta, "sample": i}))
+        return out
+
+    def training_example(self, rng, length, tokenizer) -> TrainingExample:
+        room = 2 * self._answer_words() + 1
+        ids, refs, _ = self._build(rng, tokenizer, length - room, training=True)
+        answer = [t for r in refs for t in tokenizer.piece(r)] + tokenizer.piece(".")
+        return TrainingExample(ids=ids + answer, label_positions=list(range(len(ids) - 1, len(ids) - 1 + len(answer))),
+                               labels=answer)
+
+
+class CWEConfig(TaskConfig):
+    lengths: list[pydantic.PositiveInt] = pydantic.Field(default=[256, 512, 1024], min_length=1)
+    samples: pydantic.PositiveInt = 10
+    num_common: pydantic.PositiveInt = 10
+    freq_common: pydantic.PositiveInt = 30
+    freq_uncommon: pydantic.PositiveInt = 3
+    pool: int = pydantic.Field(1024, ge=64, le=8192, description="distinct words")
+
+    @pydantic.model_validator(mode="after")
+    def _freqs(self):
+        if self.freq_common <= self.freq_uncommon:
+            raise ValueError("freq_common must be larger than freq_uncommon")
+        return self
+
+
+class CommonWords(_WordCount):
+    """RULER's cwe: the words that occur freq_common times among words that occur freq_uncommon times."""
+
+    name = "cwe"
+    version = "1"
+    Config = CWEConfig
+    config: CWEConfig
+    max_new_tokens = 120  # RULER's budget for cwe
+
+    def vocabulary(self):
+        return sorted(_words_of(CWE_HEAD, CWE_QUESTION) | {".", "?", ":", str(self.config.num_common)}) + self.words
+
+    def _answer_words(self):
+        return self.config.num_common
+
+    def _build(self, rng, tokenizer, length, training=False):
+        c = self.config
+        n_common = c.num_common
+        prefix, q, ids_of, budget = self._frame(tokenizer, CWE_HEAD, CWE_QUESTION.format(n=c.num_common), length)
+        fc, fu = c.freq_common, c.freq_uncommon
+        n_unc = len(self.words) - n_common
+        while budget - n_common * fc > n_unc * fu:  # the pool is too small: scale both frequencies
+            fu += 1
+            fc = max(c.freq_common, round(fu * c.freq_common / c.freq_uncommon))
+        while n_common * fc > budget and fc > fu + 1:  # a short context: fewer repeats of the common words
+            fc -= 1
+        rest = budget - n_common * fc
+        if rest < 0:
+            raise UserError(f"tasks.{self.name}.lengths: {length} tokens cannot hold {n_common} common words "
+                            f"{fc} times each; use lengths >= {length - rest}")
+        order = rng.permutation(len(self.words))
+        common = [int(i) for i in order[:n_common]]
+        uncommon = [int(i) for i in order[n_common:]]
+        full, extra = divmod(rest, fu)  # `full` uncommon words fu times, `extra` more once each
+        if full + extra > len(uncommon) or fu >= fc:
+            raise UserError(f"task {self.name}: pool of {len(self.words)} words is too small for {length} tokens")
+        bag = [w for w in common for _ in range(fc)] + [w for w in uncommon[:full] for _ in range(fu)]
+        bag += uncommon[full : full + extra]
+        bag = [bag[i] for i in rng.permutation(len(bag))]
+        ids = prefix + [ids_of[w] for w in bag] + q
+        refs = [self.words[w] for w in common]
+        return ids, refs, {"freq_common": fc, "freq_uncommon": fu, "num_common": n_common}
+
+
+class FWEConfig(TaskConfig):
+    lengths: list[pydantic.PositiveInt] = pydantic.Field(default=[256, 512, 1024], min_length=1)
+    samples: pydantic.PositiveInt = 10
+    alpha: pydantic.PositiveFloat = 2.0
+    top: pydantic.PositiveInt = 3
+    pool: int = pydantic.Field(1024, ge=16, le=8192, description="distinct coded words")
+
+
+class FrequentWords(_WordCount):
+    """RULER's fwe: coded words with Zipf counts; the answer is the most frequent ones."""
+
+    name = "fwe"
+    version = "1"
+    Config = FWEConfig
+    config: FWEConfig
+    max_new_tokens = 50  # RULER's budget for fwe
+
+    def vocabulary(self):
+        return sorted(_words_of(FWE_HEAD, FWE_QUESTION) | {".", "?", ":", str(self.config.top)}) + self.words
+
+    def _answer_words(self):
+        return self.config.top
+
+    def _build(self, rng, tokenizer, length, training=False):
+        c = self.config
+        prefix, q, ids_of, budget = self._frame(tokenizer, FWE_HEAD, FWE_QUESTION.format(n=c.top), length)
+        ranks = np.arange(1, len(self.words) + 1, dtype=float)
+        p = ranks**-c.alpha / (ranks**-c.alpha).sum()
+        counts = np.floor(budget * p).astype(int)
+        counts[0] += budget - counts.sum()  # the remainder goes to the most frequent word
+        for r in range(min(c.top, len(counts) - 1), 0, -1):  # strictly decreasing over the top + 1 ranks
+            counts[r - 1] = max(counts[r - 1], counts[r] + 1)
+        over = counts.sum() - budget
+        for r in range(len(counts) - 1, c.top, -1):  # give back what that took, from the tail
+            take = min(over, counts[r])
+            counts[r] -= take
+            over -= take
+        if over > 0 or counts[c.top - 1] <= (counts[c.top] if len(counts) > c.top else 0) or budget < 0:
+            raise UserError(f"tasks.{self.name}.lengths: {length} tokens are too few for a clear top {c.top}")
+        order = rng.permutation(len(self.words))
+        bag = [int(order[r]) for r in range(len(counts)) for _ in range(int(counts[r]))]
+        bag = [bag[i] for i in rng.permutation(len(bag))]
+        ids = prefix + [ids_of[w] for w in bag] + q
+        refs = [self.words[int(order[r])] for r in range(c.top)]
+        return ids, refs, {"top_counts": [int(x) for x in counts[: c.top + 1]], "alpha": c.alpha}
