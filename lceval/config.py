@@ -203,7 +203,23 @@ def load_config(path: Path, overrides: list[str] = ()) -> Resolved:
     return resolve(data, base_dir=Path(path).resolve().parent)
 
 
+def inline_recipes(data: dict, base_dir: Path) -> dict:
+    """Replace ``models.<m>.train: path/to/recipe.yaml`` by that recipe (its 'out' is ignored)."""
+    for name, spec in (data.get("models") or {}).items() if isinstance(data.get("models"), dict) else ():
+        if isinstance(spec, dict) and isinstance(spec.get("train"), str):
+            path = Path(spec["train"])
+            path = path if path.is_absolute() else base_dir / path
+            if not path.is_file():
+                raise ConfigError(f"models.{name}.train", f"recipe file {path} not found (paths are relative to the "
+                                  "config's folder); give a recipe mapping or an existing recipe YAML")
+            recipe = read_yaml(path)
+            recipe.pop("out", None)
+            spec["train"] = recipe
+    return data
+
+
 def resolve(data: dict, base_dir: Path) -> Resolved:
+    data = inline_recipes(data, base_dir)
     cfg = validate(RunConfig, data, "")
     for name, spec in cfg.models.items():
         registry.models.get(spec.type, where=f"models.{name}.type")

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from lceval import registry
 from lceval.config import Pairing, Resolved
+from lceval.dataset import cached_samples
 from lceval.errors import ConfigError
 from lceval.models.adapters import ModelAdapter
 from lceval.scoring import score_batch, uses_teacher_forcing
@@ -83,9 +84,10 @@ class Runner:
         return self._adapters[name]
 
     def samples(self, task_name: str, adapter: ModelAdapter) -> list[Sample]:
+        """A task's samples for a tokenizer: generated once, cached on disk, shared by every pairing."""
         key = (task_name, adapter.tokenizer.fingerprint())
         if key not in self._samples:
-            self._samples[key] = self._tasks[task_name].samples(adapter.tokenizer, limit=self.limit)
+            self._samples[key], _ = cached_samples(self._tasks[task_name], adapter.tokenizer, self.limit)
         return self._samples[key]
 
     def grid_size(self) -> int:

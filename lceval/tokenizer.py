@@ -84,8 +84,12 @@ class TextTokenizer:
 
 
 def word_level(vocabulary: list[str]) -> TextTokenizer:
-    """A word-level tokenizer over ``vocabulary`` (words and punctuation)."""
+    """A word-level tokenizer over ``vocabulary``: every whitespace-separated word of a prompt is one token.
+
+    Tasks write punctuation as separate words (``is 123 .``) and declare every word they emit.
+    """
     words = list(dict.fromkeys(SPECIALS + [w for w in vocabulary if w.strip()]))
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    # split on whitespace only: a declared word such as ``3f81-bf35`` stays one token and decodes to itself
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return TextTokenizer(backend, bos_id=words.index("[BOS]"), name="word-level")

@@ -233,3 +233,24 @@ def test_corrupt_checkpoint_is_a_user_error(quickstart_rotary, write_config, tmp
     data = small_config(bad)
     res = run_cli([write_config(data), "--out", tmp_path / "r"])
     assert res.exit_code == 2 and "cannot load the checkpoint" in res.stderr and "Traceback" not in res.output
+
+
+def test_generation_and_teacher_forcing_give_the_same_rows_for_every_variant(quickstart_rotary, write_config, tmp_path):
+    data = small_config(quickstart_rotary)
+    data["pairings"] = [{"model": "m", "attention": ["full", "flash", {"name": "sliding_window", "window": 32},
+                                                      {"name": "sparse", "block": 16, "local_blocks": 2}, "linear"]}]
+    data["tasks"] = {"niah": {"lengths": [96, 160], "depths": [0.0, 1.0], "samples": 3}}
+    auto = write_config(data, "auto.yaml")
+    data["run"]["answer"] = "generate"
+    gen = write_config(data, "gen.yaml")
+    assert run_cli([auto, "--out", tmp_path / "a"]).exit_code in (0, 1)
+    assert run_cli([gen, "--out", tmp_path / "g"]).exit_code in (0, 1)
+    a, g = read_rows(tmp_path / "a"), read_rows(tmp_path / "g")
+    assert {r["answer_mode"] for r in a} == {"teacher_forcing"} and {r["answer_mode"] for r in g} == {"generate"}
+    key = lambda rows: sorted((r["pairing"], r["sample_id"], r["score"], r["status"]) for r in rows)  # noqa: E731
+    assert key(a) == key(g) and len(a) == 5 * 2 * 2 * 3
+    assert {r["score"] for r in a} == {0.0, 1.0}  # both outcomes occur
+    for ra in a:  # a correct answer is the same text either way
+        rg = next(r for r in g if (r["pairing"], r["sample_id"]) == (ra["pairing"], ra["sample_id"]))
+        if ra["score"] == 1.0:
+            assert ra["prediction"] == rg["prediction"] == ra["references"][0]

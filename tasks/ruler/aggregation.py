@@ -52,13 +52,45 @@ class _WordCount(Task):
         return self.config.samples
 
     def _frame(self, tokenizer, head: str, question: str, length: int):
+        """Prefix, question, each pool word's tokens, the token budget and the word budget."""
         prefix = tokenizer.prefix() + tokenizer.piece(head)
         q = tokenizer.piece(question)
         word_ids = [tokenizer.piece(w) for w in self.words]
-        if any(len(w) != 1 for w in word_ids):  # counts are in words; each must be one token to hit the length
-            raise UserError(f"task {self.name}: its words must be single tokens of the model's tokenizer; "
-                            "use the reference word-level tokenizer or a model that has these words")
-        return prefix, q, [w[0] for w in word_ids], length - len(prefix) - len(q)
+        self._stop = next((p for p in map(tokenizer.piece, [".", ",", "the", "a"]) if len(p) == 1), [])
+        budget = length - len(prefix) - len(q)
+        mean = sum(map(len, word_ids)) / len(word_ids)
+        return prefix, q, word_ids, budget, int(budget / mean)
+
+    def _fit(self, keep: list[int], spare: list[int], unused: list[int], word_ids, budget: int, rng, length):
+        """Words whose tokens fill ``budget`` exactly: all of ``keep``, as much of ``spare`` as fits, then
+        unused pool words (once each) and, last, single-token filler words. Returns shuffled token ids."""
+        used = sum(len(word_ids[w]) for w in keep)
+        if used > budget:
+            raise UserError(f"tasks.{self.name}.lengths: {length} tokens cannot hold the answer words; "
+                            f"use longer lengths")
+        bag = list(keep)
+        for w in spare:
+            if used + len(word_ids[w]) <= budget:
+                bag.append(w)
+                used += len(word_ids[w])
+        for w in unused:  # distinct words seen once never compete with the answer
+            if used == budget:
+                break
+            if used + len(word_ids[w]) <= budget:
+                bag.append(w)
+                used += len(word_ids[w])
+        taken, protected = set(bag), set(keep)
+        ones = [word_ids[w] for w in unused if len(word_ids[w]) == 1 and w not in taken]
+        # then single-token words already used as fillers (one more occurrence never ties an answer word)
+        ones = [word_ids[w] for w in taken - protected if len(word_ids[w]) == 1][::-1] + ones
+        pieces = [word_ids[w] for w in bag]
+        while used < budget:  # top up with single tokens: unused words, else the list's full stop
+            if not ones and not self._stop:
+                raise UserError(f"task {self.name}: cannot fill {length} tokens exactly with this tokenizer")
+            pieces.append(ones.pop() if ones else self._stop)
+            used += 1
+        pieces = [pieces[i] for i in rng.permutation(len(pieces))]
+        return [t for p in pieces for t in p]
 
     def cell_samples(self, cell, tokenizer, n):
         length = cell["context_length"]
@@ -110,30 +142,23 @@ class CommonWords(_WordCount):
     def _build(self, rng, tokenizer, length, training=False):
         c = self.config
         n_common = c.num_common
-        prefix, q, ids_of, budget = self._frame(tokenizer, CWE_HEAD, CWE_QUESTION.format(n=c.num_common), length)
+        prefix, q, word_ids, budget, words = self._frame(tokenizer, CWE_HEAD, CWE_QUESTION.format(n=n_common), length)
         fc, fu = c.freq_common, c.freq_uncommon
         n_unc = len(self.words) - n_common
-        while budget - n_common * fc > n_unc * fu:  # the pool is too small: scale both frequencies
+        while words - n_common * fc > n_unc * fu:  # the pool is too small: scale both frequencies
             fu += 1
             fc = max(c.freq_common, round(fu * c.freq_common / c.freq_uncommon))
-        while n_common * fc > budget and fc > fu + 1:  # a short context: fewer repeats of the common words
+        while n_common * fc > 2 * words // 3 and fc > fu + 1:  # a short context: fewer repeats of the commons
             fc -= 1
-        rest = budget - n_common * fc
-        if rest < 0:
-            raise UserError(f"tasks.{self.name}.lengths: {length} tokens cannot hold {n_common} common words "
-                            f"{fc} times each; use lengths >= {length - rest}")
-        order = rng.permutation(len(self.words))
-        common = [int(i) for i in order[:n_common]]
-        uncommon = [int(i) for i in order[n_common:]]
-        full, extra = divmod(rest, fu)  # `full` uncommon words fu times, `extra` more once each
-        if full + extra > len(uncommon) or fu >= fc:
-            raise UserError(f"task {self.name}: pool of {len(self.words)} words is too small for {length} tokens")
-        bag = [w for w in common for _ in range(fc)] + [w for w in uncommon[:full] for _ in range(fu)]
-        bag += uncommon[full : full + extra]
-        bag = [bag[i] for i in rng.permutation(len(bag))]
-        ids = prefix + [ids_of[w] for w in bag] + q
+        order = [int(i) for i in rng.permutation(len(self.words))]
+        common, uncommon = order[:n_common], order[n_common:]
+        n_full = max(0, (words - n_common * fc) // fu)
+        keep = [w for w in common for _ in range(fc)]
+        spare = [w for w in uncommon[:n_full] for _ in range(fu)]
+        spare = [spare[i] for i in rng.permutation(len(spare))]
+        body = self._fit(keep, spare, uncommon[n_full:], word_ids, budget, rng, length)
         refs = [self.words[w] for w in common]
-        return ids, refs, {"freq_common": fc, "freq_uncommon": fu, "num_common": n_common}
+        return prefix + body + q, refs, {"freq_common": fc, "freq_uncommon": fu, "num_common": n_common}
 
 
 class FWEConfig(TaskConfig):
@@ -161,23 +186,24 @@ class FrequentWords(_WordCount):
 
     def _build(self, rng, tokenizer, length, training=False):
         c = self.config
-        prefix, q, ids_of, budget = self._frame(tokenizer, FWE_HEAD, FWE_QUESTION.format(n=c.top), length)
+        prefix, q, word_ids, budget, words = self._frame(tokenizer, FWE_HEAD, FWE_QUESTION.format(n=c.top), length)
         ranks = np.arange(1, len(self.words) + 1, dtype=float)
         p = ranks**-c.alpha / (ranks**-c.alpha).sum()
-        counts = np.floor(budget * p).astype(int)
-        counts[0] += budget - counts.sum()  # the remainder goes to the most frequent word
-        for r in range(min(c.top, len(counts) - 1), 0, -1):  # strictly decreasing over the top + 1 ranks
-            counts[r - 1] = max(counts[r - 1], counts[r] + 1)
-        over = counts.sum() - budget
-        for r in range(len(counts) - 1, c.top, -1):  # give back what that took, from the tail
-            take = min(over, counts[r])
-            counts[r] -= take
-            over -= take
-        if over > 0 or counts[c.top - 1] <= (counts[c.top] if len(counts) > c.top else 0) or budget < 0:
-            raise UserError(f"tasks.{self.name}.lengths: {length} tokens are too few for a clear top {c.top}")
-        order = rng.permutation(len(self.words))
-        bag = [int(order[r]) for r in range(len(counts)) for _ in range(int(counts[r]))]
-        bag = [bag[i] for i in rng.permutation(len(bag))]
-        ids = prefix + [ids_of[w] for w in bag] + q
-        refs = [self.words[int(order[r])] for r in range(c.top)]
-        return ids, refs, {"top_counts": [int(x) for x in counts[: c.top + 1]], "alpha": c.alpha}
+        order = [int(i) for i in rng.permutation(len(self.words))]
+        while True:  # shrink the word budget until the top ranks' occurrences fit in the token budget
+            counts = np.floor(words * p).astype(int)
+            counts[0] += max(0, words - counts.sum())  # the remainder goes to the most frequent word
+            for r in range(min(c.top, len(counts) - 1), 0, -1):  # strictly decreasing over the top + 1 ranks
+                counts[r - 1] = max(counts[r - 1], counts[r] + 1)
+            if counts[c.top] < 1:
+                raise UserError(f"tasks.{self.name}.lengths: {length} tokens are too few for a clear top {c.top}")
+            if sum(len(word_ids[order[r]]) * int(counts[r]) for r in range(c.top + 1)) <= budget:
+                break
+            words = int(words * 0.9)
+        keep = [order[r] for r in range(c.top + 1) for _ in range(int(counts[r]))]
+        # the tail may lose occurrences to fit the tokens; it never reaches the top ranks' counts
+        spare = [order[r] for r in range(c.top + 1, len(counts)) for _ in range(min(int(counts[r]), int(counts[c.top]) - 1))]
+        unused = [order[r] for r in range(len(counts)) if counts[r] == 0]
+        body = self._fit(keep, spare, unused, word_ids, budget, rng, length)
+        refs = [self.words[order[r]] for r in range(c.top)]
+        return prefix + body + q, refs, {"top_counts": [int(x) for x in counts[: c.top + 1]], "alpha": c.alpha}

@@ -49,10 +49,6 @@ def uuids(n: int, seed: int = 17) -> list[str]:
     return list(out)
 
 
-def uuid_vocabulary() -> list[str]:
-    return HEX_GROUPS + ["-"]
-
-
 def nearest(boundaries: list[int], target: float) -> int:
     """The boundary closest to ``target`` (boundaries sorted ascending)."""
     i = bisect.bisect_left(boundaries, target)

@@ -20,10 +20,11 @@ from typing import Literal
 import numpy as np
 import pydantic
 
+from lceval.errors import UserError
 from lceval.task import Sample, Task, TaskConfig, TrainingExample
 from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool
 from lceval.tasks.niah import KEYS
-from lceval.tasks.ruler.common import assemble, fill, numbers, preset, pseudo_words, uuid_vocabulary, uuids
+from lceval.tasks.ruler.common import assemble, fill, numbers, preset, pseudo_words, uuids
 from lceval.tokenizer import TextTokenizer
 
 Kind = Literal["words", "numbers", "uuids"]
@@ -85,7 +86,7 @@ class RulerNiah(Task):
     def vocabulary(self) -> list[str]:
         words = set(TEMPLATE_WORDS) | set(ESSAY_WORDS) | set(REPEAT_WORDS) | {".", "?", ":"}
         for kind, seed in ((self.config.key_type, 1), (self.config.value_type, 0)):
-            words |= set(uuid_vocabulary()) if kind == "uuids" else set(self._values(kind, seed))
+            words |= set(self._values(kind, seed))
         words |= set(KEYS)
         return sorted(words)
 
@@ -141,7 +142,7 @@ class RulerNiah(Task):
         refs = [v for _, v in needles]
         meta = {"depth": float(depth), "realized_depth": round(cuts[0] / max(1, budget), 4),
                 "needle_offsets": q_offsets, "distance": len(ids) - min(q_offsets), "queries": len(queried),
-                "values_per_key": self.config.num_values}
+                "values_per_key": self.config.num_values, "_queried": queried}
         return ids, refs, meta
 
     def _needle_haystack(self, rng, tokenizer, budget, used: set[str], length):
@@ -166,6 +167,7 @@ class RulerNiah(Task):
         for i in range(n):
             rng = self.rng(length, float(depth), i)
             ids, refs, meta = self._build(rng, tokenizer, length, depth, self.config.num_queries)
+            meta.pop("_queried")
             self.check_known(tokenizer, ids, "a prompt")
             out.append(Sample(id=f"{self.name}/L{length}/d{depth:g}/s{i}", input_ids=ids, references=refs,
                               meta={**meta, "sample": i}))
@@ -173,15 +175,38 @@ class RulerNiah(Task):
 
     # -- training ----------------------------------------------------------------------
     def training_example(self, rng, length, tokenizer) -> TrainingExample:
-        """One sample at a random depth, answered with every value and a stop (curriculum: 1..max queries)."""
-        n_q = int(rng.integers(1, min(self.config.train_max_queries, max(self.config.num_keys, 1)) + 1))
-        if self.config.haystack == "needle":
-            n_q = int(rng.integers(1, self.config.train_max_queries + 1))
-        answer_room = 8 * n_q * self.config.num_values + 2
-        ids, refs, _ = self._build(rng, tokenizer, length - answer_room, float(rng.random()), n_q)
-        answer = [t for r in refs for t in tokenizer.piece(r)] + tokenizer.piece(".")
-        positions = list(range(len(ids) - 1, len(ids) - 1 + len(answer)))
-        return TrainingExample(ids=ids + answer, label_positions=positions, labels=answer)
+        """Needles at random depths, then one question per queried key, each answered with its values and a stop.
+
+        Curriculum: 1..train_max_queries keys are queried. Several labelled questions per sequence give
+        many training signals per step; each question has the evaluation's own form.
+        """
+        c = self.config
+        n_q = int(rng.integers(1, c.train_max_queries + 1))
+        stop = tokenizer.piece(".")
+        per_answer = max(len(tokenizer.piece(v)) for v in self._values(c.value_type)[:32]) * c.num_values + 1
+        q1 = max(len(self._question(tokenizer, [k])) for k in self._keys()[:32])
+        # the joint question (dropped) is at least one single-key question long, so this fits `length`
+        depth = float(rng.random())
+        while True:
+            try:
+                ids, refs, meta = self._build(rng, tokenizer, length - n_q * (q1 + per_answer) + q1, depth, n_q)
+                break
+            except UserError:
+                if n_q == 1:
+                    raise
+                n_q -= 1  # too many needles for this length: ask about fewer keys
+        queried = meta.pop("_queried")
+        values = {k: refs[i * c.num_values : (i + 1) * c.num_values] for i, k in enumerate(queried)}
+        question_len = len(self._question(tokenizer, queried))
+        ids = ids[: len(ids) - question_len]  # drop the joint question; ask about each key alone
+        positions, labels = [], []
+        for k in queried:
+            ids = ids + self._question(tokenizer, [k])
+            answer = [t for v in values[k] for t in tokenizer.piece(v)] + stop
+            positions += range(len(ids) - 1, len(ids) - 1 + len(answer))
+            labels += answer
+            ids = ids + answer
+        return TrainingExample(ids=ids, label_positions=positions, labels=labels)
 
 
 PRESETS = {

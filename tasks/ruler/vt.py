@@ -85,6 +85,8 @@ class VariableTracking(Task):
         ids, offsets, _ = assemble(prefix, hay, starts, list(zip(fracs, statements, strict=True)), question)
         first = offsets[: hops + 1]
         meta = {"needle_offsets": first, "distance": len(ids) - min(first), "hops": hops, "chains": chains}
+        self._last_chains = [names[c * (hops + 1) : (c + 1) * (hops + 1)] for c in range(chains)]
+        self._last_questions = [tokenizer.piece(QUESTION.format(value=values[c])) for c in range(chains)]
         return ids, names[: hops + 1], meta
 
     def cell_samples(self, cell, tokenizer, n):
@@ -97,9 +99,18 @@ class VariableTracking(Task):
         return out
 
     def training_example(self, rng, length, tokenizer) -> TrainingExample:
+        """Chains in filler, then one question per chain, each answered (curriculum: hops 1..train_max_hops)."""
         hops = int(rng.integers(1, self.config.train_max_hops + 1))
-        answer_room = hops + 3
-        ids, refs, _ = self._build(rng, tokenizer, length - answer_room, hops, self.config.chains)
-        answer = [t for r in refs for t in tokenizer.piece(r)] + tokenizer.piece(".")
-        return TrainingExample(ids=ids + answer, label_positions=list(range(len(ids) - 1, len(ids) - 1 + len(answer))),
-                               labels=answer)
+        chains = max(self.config.chains, 2)
+        q_len = len(tokenizer.piece(QUESTION.format(value=self.values[0])))
+        room = chains * (q_len + hops + 2)
+        ids, _, _ = self._build(rng, tokenizer, length - room + q_len, hops, chains)
+        ids = ids[: len(ids) - len(self._last_questions[0])]  # ask about every chain instead
+        positions, labels = [], []
+        for chain, question in zip(self._last_chains, self._last_questions, strict=True):
+            ids = ids + question
+            answer = [t for r in chain for t in tokenizer.piece(r)] + tokenizer.piece(".")
+            positions += range(len(ids) - 1, len(ids) - 1 + len(answer))
+            labels += answer
+            ids = ids + answer
+        return TrainingExample(ids=ids, label_positions=positions, labels=labels)
