@@ -16,6 +16,9 @@ from lceval.errors import UserError
 
 
 def user_errors(fn):
+    """One line and exit 2 for a user's error (an OSError too: it names the path and the reason);
+    Ctrl-C at any moment exits 130 with what was kept."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -23,6 +26,15 @@ def user_errors(fn):
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except OSError as exc:
+            from lceval.store import os_reason
+
+            where = exc.filename or "a file"
+            click.echo(f"error: cannot use {where}: {os_reason(exc)}; rows already written are kept", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: rows written so far are kept; run the same command again to resume", err=True)
+            sys.exit(130)
 
     return wrapper
 
@@ -40,16 +52,18 @@ def main():
               help="Override a config value, e.g. --set tasks.niah.samples=2 (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print the grid size and token estimate; run nothing.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most N samples per grid cell.")
+@click.option("--retry-failed", is_flag=True,
+              help="Score again the rows whose status is error, oom or nonfinite (the new rows supersede them).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @user_errors
-def run(config, out, overrides, dry_run, limit, no_progress):
+def run(config, out, overrides, dry_run, limit, retry_failed, no_progress):
     """Run the grid in CONFIG and write the report."""
     from lceval.config import load_config
     from lceval.report import build_report
     from lceval.runner import Runner
 
     resolved = load_config(config, overrides)
-    runner = Runner(resolved, limit=limit, progress=not no_progress)
+    runner = Runner(resolved, limit=limit, progress=not no_progress, retry_failed=retry_failed)
     out = out or Path("runs") / resolved.config.run.name
     if dry_run:
         n_cells = sum(len(t.cells()) for t in runner._tasks.values())
@@ -60,14 +74,18 @@ def run(config, out, overrides, dry_run, limit, no_progress):
         click.echo(f"run directory: {out}")
         return
     try:
-        summary = runner.run(out)
+        summary = runner.run(out, after=build_report)  # the report is built under the run's lock
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: rows written so far are kept in {out}; run the same command again to resume",
                    err=True)
         sys.exit(130)
-    report = build_report(out)
+    report = summary.report
     counts = ", ".join(f"{k}={v}" for k, v in sorted(summary.status_counts.items()))
-    click.echo(f"rows written this time: {summary.written} (already done: {summary.skipped_done}); statuses: {counts}")
+    if summary.written == 0 and summary.skipped_done:
+        click.echo(f"the run in {out} is complete ({summary.total} rows); nothing to do. The report was rebuilt.")
+    else:
+        click.echo(f"rows written this time: {summary.written} (already done: {summary.skipped_done}); "
+                   f"statuses: {counts}")
     click.echo(f"results: {out / 'results.jsonl'}")
     click.echo(f"report: {report}")
     click.echo(f"html: {report.parent / 'report.html'}")

@@ -96,7 +96,6 @@ class ModelSpec(Strict):
     type: str = "reference"
     checkpoint: Path | None = None
     train: TrainRecipe | None = None
-    params: dict[str, Any] = pydantic.Field(default_factory=dict)
 
     @pydantic.model_validator(mode="after")
     def _one_source(self):
@@ -114,7 +113,16 @@ class PairingSpec(Strict):
 
 
 class RunSpec(Strict):
-    name: str = "run"
+    name: str = pydantic.Field("run", pattern=r"^[A-Za-z0-9_.-]+$", max_length=100,
+                               description="the run's folder under runs/: letters, digits, '_', '.', '-'")
+
+    @pydantic.field_validator("name")
+    @classmethod
+    def _plain(cls, v):
+        if v in (".", ".."):
+            raise ValueError("must name a folder, not '.' or '..'")
+        return v
+
     seed: int = 0
     batch_size: pydantic.PositiveInt = 16
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -158,10 +166,14 @@ class Resolved(pydantic.BaseModel):
 # --- loading ---------------------------------------------------------------------------
 def read_yaml(path: Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; pass the path of a YAML config file (see configs/)")
     if not path.is_file():
         raise UserError(f"config file {path} not found; pass the path of a YAML config (see configs/)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a text file (byte {exc.start} is not UTF-8); pass a YAML config") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -171,12 +183,21 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
+def _yaml_value(item: str, raw: str):
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise UserError(f"--set {item!r}: the value is not valid YAML ({getattr(exc, 'problem', exc)}); "
+                        "quote strings, e.g. --set 'run.name=\"my run\"'") from None
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``key.path=value`` overrides (value parsed as YAML) to a raw config dict."""
     for item in overrides:
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected key.path=value, e.g. --set tasks.niah.samples=2")
         path, raw = item.split("=", 1)
+        value = _yaml_value(item, raw)
         keys = path.strip().split(".")
         node: Any = data
         for i, key in enumerate(keys):
@@ -185,12 +206,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 if not key.isdigit() or int(key) >= len(node):
                     raise ConfigError(".".join(keys[: i + 1]), f"list index out of range (0..{len(node) - 1})")
                 if last:
-                    node[int(key)] = yaml.safe_load(raw)
+                    node[int(key)] = value
                 else:
                     node = node[int(key)]
             elif isinstance(node, dict):
                 if last:
-                    node[key] = yaml.safe_load(raw)
+                    node[key] = value
                 else:
                     node = node.setdefault(key, {})
             else:
@@ -243,7 +264,10 @@ def resolve(data: dict, base_dir: Path) -> Resolved:
             for a in attns:
                 attn = check_attention(a, f"pairings[{i}].attention")
                 check_compatible(position, attn, f"pairings[{i}].attention")
-                label = p.label if p.label and len(models) * len(attns) == 1 else f"{m}/{attn.label}"
+                if p.label and len(models) * len(attns) > 1:
+                    raise ConfigError(f"pairings[{i}].label", f"one label cannot name the {len(models) * len(attns)} "
+                                      "pairings this entry expands to; split the entry or drop the label")
+                label = p.label or f"{m}/{attn.label}"
                 pairings.append(Pairing(model=m, attention=a, label=label))
     seen: set[str] = set()
     for p in pairings:
@@ -297,6 +321,11 @@ def check_recipe(recipe: TrainRecipe, where: str) -> None:
         validate_task_config(cls, recipe.task_config, f"{where}.task_config")
     if recipe.d_model % recipe.n_heads:
         raise ConfigError(f"{where}.n_heads", f"must divide d_model ({recipe.d_model}); got {recipe.n_heads}")
+    if recipe.n_kv_heads is not None and recipe.n_heads % recipe.n_kv_heads:
+        raise ConfigError(f"{where}.n_kv_heads", f"must divide n_heads ({recipe.n_heads}); got {recipe.n_kv_heads}")
+    if recipe.max_length is not None and recipe.max_length < recipe.train_length:
+        raise ConfigError(f"{where}.max_length", f"the learned table ({recipe.max_length} rows) must cover the "
+                          f"training length ({recipe.train_length}); raise max_length or omit it")
 
 
 def validate_task_config(task_cls, raw: dict, where: str):

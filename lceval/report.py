@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import json
 import math
 import re
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from lceval.errors import UserError  # noqa: E402
-from lceval.store import MANIFEST, RESULTS, read_rows  # noqa: E402
+from lceval.store import RESULTS, read_manifest, read_rows  # noqa: E402
 
 Z95 = 1.959963984540054
 RAN = {"ok", "nonfinite", "oom", "error"}  # rows that count in a score (failed ones as 0)
@@ -305,6 +304,20 @@ def markdown_table(t: pd.DataFrame) -> str:
 
 
 # --- figures ---------------------------------------------------------------------------
+_FONT = None
+
+
+def plot_text(text: str) -> str:
+    """``text`` with characters the plotting font lacks escaped (``\\u4e2d``), so figures never warn
+    about missing glyphs; the HTML page shows the label itself."""
+    global _FONT
+    if _FONT is None:
+        from matplotlib import font_manager
+
+        _FONT = font_manager.get_font(font_manager.findfont(font_manager.FontProperties()))
+    return "".join(c if c.isascii() or _FONT.get_char_index(ord(c)) else f"\\u{ord(c):04x}" for c in str(text))
+
+
 STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"), ("X", ":"), ("*", "-.")]
 
 
@@ -332,7 +345,7 @@ def heatmap(cells: pd.DataFrame, pairing: str, task: str, group: str, path: Path
                 text = f"{v:.0%}\n[{lo.values[i, j]:.0%}-{hi.values[i, j]:.0%}]\nn={int(n.values[i, j])}"
             ax.text(j, i, text, ha="center", va="center", fontsize=6.5)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="score (95% interval, n)")
-    ax.set_title(f"{task}: {pairing}", fontsize=10)
+    ax.set_title(plot_text(f"{task}: {pairing}"), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -357,7 +370,7 @@ def curve_plot(t: pd.DataFrame, x: str, title: str, xlabel: str, path: Path, log
     for i, (pairing, sub) in enumerate(groups):
         marker, ls = STYLES[i % len(STYLES)]
         xs = sub[x].astype(float)
-        label = pairing + (f" (identical to {same[pairing]})" if pairing in same else "")
+        label = plot_text(pairing + (f" (identical to {same[pairing]})" if pairing in same else ""))
         ax.plot(xs, sub["score"], marker=marker, linestyle=ls, label=label, alpha=0.9,
                 markersize=7 if pairing not in same else 4)
         ax.fill_between(xs, sub["ci_low"], sub["ci_high"], alpha=0.12)
@@ -372,7 +385,7 @@ def curve_plot(t: pd.DataFrame, x: str, title: str, xlabel: str, path: Path, log
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("score (95% interval)")
-    ax.set_title(title)
+    ax.set_title(plot_text(title))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
@@ -387,7 +400,7 @@ def build_report(run_dir: Path, threshold: float | None = None) -> Path:
     ``threshold`` (percent) overrides the run's ``report.threshold`` for this report.
     """
     run_dir = Path(run_dir)
-    manifest = json.loads((run_dir / MANIFEST).read_text()) if (run_dir / MANIFEST).exists() else {}
+    manifest = read_manifest(run_dir)  # a damaged manifest only loses the report's labels, never the rows
     rep_cfg = manifest.get("config", {}).get("report", {})
     threshold = float(threshold if threshold is not None else rep_cfg.get("threshold", 85.6))
     bins = int(rep_cfg.get("distance_bins", 8))
@@ -452,11 +465,22 @@ def build_report(run_dir: Path, threshold: float | None = None) -> Path:
         md += [f"## {title}", "", markdown_table(t), ""]
     md += ["## Figures", ""] + [f"![{title}]({p.name})" for title, p in images] + ["", footer, ""]
     (out / "summary.md").write_text("\n".join(md))
-    _html(out / "report.html", name, rules, sections, images, footer)
+    details = [(f"{task}: every cell with n and 95% interval", cell_view(cells[cells["task"] == task]))
+               for task in cells["task"].unique()]
+    _html(out / "report.html", name, rules, sections, images, footer, details)
     return out / "summary.md"
 
 
-def _html(path: Path, name: str, rules: str, sections, images, footer: str) -> None:
+def cell_view(cells: pd.DataFrame) -> pd.DataFrame:
+    """Cells for reading: score and interval in percent, n, statuses; task-free columns dropped."""
+    t = cells.dropna(axis=1, how="all").drop(columns=["task"])
+    t = t.rename(columns={c: c.removeprefix("meta.") for c in t.columns})
+    t["95% interval"] = [("-" if math.isnan(lo) else f"{100 * lo:.1f}-{100 * hi:.1f}")
+                         for lo, hi in zip(t.pop("ci_low"), t.pop("ci_high"), strict=True)]
+    return t
+
+
+def _html(path: Path, name: str, rules: str, sections, images, footer: str, details=()) -> None:
     parts = [f"<!doctype html><meta charset='utf-8'><title>lceval: {html.escape(name)}</title>",
              "<style>body{font-family:sans-serif;max-width:1150px;margin:2em auto;line-height:1.4}"
              "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 8px;"
@@ -465,6 +489,9 @@ def _html(path: Path, name: str, rules: str, sections, images, footer: str) -> N
     for title, t in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>")
         parts.append(formatted(t).to_html(index=False, escape=True))
+    for title, t in details:
+        parts.append(f"<details><summary>{html.escape(title)}</summary>")
+        parts.append(formatted(t).to_html(index=False, escape=True) + "</details>")
     for title, p in images:
         data = base64.b64encode(p.read_bytes()).decode()
         parts.append(f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")

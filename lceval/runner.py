@@ -25,7 +25,7 @@ from lceval.dataset import cached_samples
 from lceval.errors import ConfigError
 from lceval.models.adapters import ModelAdapter
 from lceval.scoring import score_batch, uses_teacher_forcing
-from lceval.store import ResultsStore
+from lceval.store import ResultsStore, package_versions
 from lceval.task import Sample
 
 OK, NONFINITE, OOM, ERROR = "ok", "nonfinite", "oom", "error"
@@ -38,19 +38,28 @@ class RunSummary:
     run_dir: Path
     written: int = 0
     skipped_done: int = 0
+    total: int = 0
     status_counts: dict[str, int] = field(default_factory=dict)
+    report: Path | None = None
 
     @property
     def failed(self) -> int:
         return sum(n for s, n in self.status_counts.items() if s in FAILED)
 
 
-def config_hash(resolved: Resolved, limit: int | None) -> str:
-    """What decides the rows: the config without its report settings, --limit, and the task versions."""
-    versions = {name: registry.tasks.get(name).version for name in resolved.tasks}
-    payload = {"config": resolved.config.model_dump(mode="json", exclude={"report"}), "limit": limit,
-               "task_versions": versions}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+def identity(resolved: Resolved, limit: int | None, models: dict[str, dict]) -> dict:
+    """Everything that decides the rows: the config without settings that change no result
+    (report, run.name, run.batch_size), --limit, task versions, model contents, the lceval version."""
+    config = resolved.config.model_dump(mode="json", exclude={"report"})
+    config["run"] = {k: v for k, v in config["run"].items() if k not in ("name", "batch_size")}
+    return {"config": config, "limit": limit,
+            "task_versions": {name: registry.tasks.get(name).version for name in resolved.tasks},
+            "models": {name: m.get("sha256") for name, m in models.items()},
+            "lceval": package_versions().get("lceval")}
+
+
+def run_id(ident: dict) -> str:
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def pick_device(name: str) -> str:
@@ -62,10 +71,12 @@ def pick_device(name: str) -> str:
 
 
 class Runner:
-    def __init__(self, resolved: Resolved, *, limit: int | None = None, progress: bool = True):
+    def __init__(self, resolved: Resolved, *, limit: int | None = None, progress: bool = True,
+                 retry_failed: bool = False):
         self.r = resolved
         self.limit = limit
         self.progress = progress
+        self.retry_failed = retry_failed
         self.device = pick_device(resolved.config.run.device)
         self._adapters: dict[str, ModelAdapter] = {}
         self._samples: dict[tuple[str, str], list[Sample]] = {}
@@ -100,27 +111,35 @@ class Runner:
         total = 0
         for t in self._tasks.values():
             n = min(self.limit or t.samples_per_cell(), t.samples_per_cell())
-            total += sum(c.get("context_length", 0) for c in t.cells()) * n
+            total += sum(c.get("context_length") or 0 for c in t.cells()) * n
         return total * len(self.r.pairings)
 
     # -- the run ------------------------------------------------------------------------
-    def run(self, out_dir: Path) -> RunSummary:
-        manifest = {"config": self.r.config.model_dump(mode="json"), "seed": self.r.config.run.seed,
-                    "limit": self.limit, "config_hash": config_hash(self.r, self.limit),
-                    "pairings": [p.model_dump(mode="json") for p in self.r.pairings],
-                    "tasks": {name: t.describe() for name, t in self._tasks.items()}}
+    def run(self, out_dir: Path, after=None) -> RunSummary:
+        """Run the grid into ``out_dir``; ``after(out_dir)`` (the report) runs while the lock is still held."""
         summary = RunSummary(Path(out_dir))
-        with ResultsStore(out_dir, manifest) as store:
+        with ResultsStore(out_dir) as store:
             models = {name: self.adapter(name).describe()  # train or load every model before the progress bar
                       for name in dict.fromkeys(p.model for p in self.r.pairings)}
+            ident = identity(self.r, self.limit, models)
+            self.run_id = run_id(ident)
+            store.begin({"config": self.r.config.model_dump(mode="json"), "seed": self.r.config.run.seed,
+                         "limit": self.limit, "run_id": self.run_id, "identity": ident,
+                         "pairings": [p.model_dump(mode="json") for p in self.r.pairings],
+                         "tasks": {name: t.describe() for name, t in self._tasks.items()}})
             (Path(out_dir) / "models.json").write_text(json.dumps(models, indent=2) + "\n")
-            summary.skipped_done = len(store.done)
-            bar = tqdm(total=self.grid_size(), initial=len(store.done), desc="lceval run", unit="sample",
+            statuses = store.status_of()
+            self._redo = {k for k, st in statuses.items() if st in FAILED} if self.retry_failed else set()
+            summary.skipped_done = len(store.done) - len(self._redo)
+            bar = tqdm(total=self.grid_size(), initial=summary.skipped_done, desc="lceval run", unit="sample",
                        disable=not self.progress, dynamic_ncols=True)
             with bar:
                 for pairing in self.r.pairings:
                     self._run_pairing(pairing, store, bar, summary)
             summary.status_counts = dict(Counter(row["status"] for row in store.rows))
+            summary.total = len(store.rows)
+            if after is not None:
+                summary.report = after(Path(out_dir))
         return summary
 
     def _run_pairing(self, pairing: Pairing, store: ResultsStore, bar, summary: RunSummary) -> None:
@@ -132,7 +151,7 @@ class Runner:
         for task_name, task in self._tasks.items():
             stop_ids = task.stop_ids(adapter.tokenizer)
             pending = [s for s in self.samples(task_name, adapter)
-                       if (pairing.label, task_name, s.id) not in store.done]
+                       if (key := (pairing.label, task_name, s.id)) not in store.done or key in self._redo]
             groups: dict[tuple[int, int], list[Sample]] = defaultdict(list)
             for s in pending:  # one prompt length per batch; teacher-forced batches share an answer length
                 tf = uses_teacher_forcing(task, s, stop_ids, mode)
@@ -193,6 +212,7 @@ class Runner:
                 row_status, row_message = NONFINITE, "non-finite logits"
             ok = sc is not None and row_status == OK
             rows.append({
+                "run_id": self.run_id,
                 "task": task.name,
                 "sample_id": sample.id,
                 "pairing": pairing.label,

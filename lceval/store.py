@@ -2,14 +2,24 @@
 
 * ``results.jsonl``: one row per sample, flushed and fsynced per batch. A run
   killed at any moment (kill -9 included) leaves at most a torn last line,
-  which is dropped on the next open; rows already written are never rewritten.
-* ``manifest.json``: resolved config, seed, package versions, git commit.
-  A resumed run must have the same config.
-* ``.lock``: an exclusive ``flock``; a second concurrent run is refused.
+  which is cut on the next open; rows already written are never rewritten.
+  When a key (pairing, task, sample_id) occurs more than once (a failed row
+  retried with ``--retry-failed``), the latest row wins.
+* Every row carries the ``run_id``: a hash of everything that decides results
+  (config without report settings and batch size, --limit, task versions,
+  model contents, lceval version). A resume verifies the rows themselves, so a
+  deleted or edited manifest cannot mix two runs in one table.
+* ``manifest.json``: resolved config, seed, package versions, git commit, and
+  the identity behind the run id (what a refusal compares to say what changed).
+* Lines that are not rows (garbage, NUL bytes, valid JSON of another shape) are
+  copied to ``results.quarantine.jsonl``, reported once, and skipped.
+* ``.lock``: an exclusive ``flock`` held for the whole command (the report
+  included); the holder's pid is in ``.lock.pid``.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -22,37 +32,63 @@ from pathlib import Path
 
 from lceval.errors import UserError
 
-SCHEMA = "lceval-results/1"
-RESULTS, MANIFEST, LOCK = "results.jsonl", "manifest.json", ".lock"
+SCHEMA = "lceval-results/2"
+RESULTS, MANIFEST, LOCK, QUARANTINE = "results.jsonl", "manifest.json", ".lock", "results.quarantine.jsonl"
+ROW_KEYS = ("pairing", "task", "sample_id", "status")
 
 
 def row_key(row: dict) -> tuple[str, str, str]:
     return row["pairing"], row["task"], row["sample_id"]
 
 
-def read_rows(run_dir: Path) -> list[dict]:
-    """All complete rows of a run, first occurrence of each key only."""
+def is_row(obj) -> bool:
+    return isinstance(obj, dict) and all(isinstance(obj.get(k), str) for k in ROW_KEYS)
+
+
+def read_rows(run_dir: Path, warn=None) -> list[dict]:
+    """All complete rows of a run, the latest of each key; lines that are not rows are quarantined.
+
+    ``warn(message)`` is called once when lines were quarantined (default: print to stderr).
+    """
     path = Path(run_dir) / RESULTS
     if not path.exists():
         return []
-    rows, seen = [], set()
+    rows: dict[tuple, dict] = {}
+    bad: list[bytes] = []
     with path.open("rb") as f:
         for line in f:
             if not line.endswith(b"\n"):
                 break  # torn last line of a killed run
+            if not line.strip():
+                continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
+            except ValueError:  # not JSON, invalid UTF-8, NUL bytes
+                bad.append(line)
                 continue
-            if row_key(row) not in seen:
-                seen.add(row_key(row))
-                rows.append(row)
-    return rows
+            if not is_row(row):
+                bad.append(line)
+                continue
+            rows[row_key(row)] = row
+    if bad:
+        side = Path(run_dir) / QUARANTINE
+        try:
+            side.write_bytes(b"".join(bad))
+            where = f"copied to {side}"
+        except OSError:
+            where = "left in place"
+        (warn or _stderr)(f"warning: {len(bad)} line(s) of {path} are not result rows; skipped ({where})")
+    return list(rows.values())
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for name in ("lceval", "torch", "numpy", "pandas", "tokenizers", "safetensors", "pydantic", "triton", "transformers"):
+    for name in ("lceval", "torch", "numpy", "pandas", "tokenizers", "safetensors", "pydantic", "triton",
+                 "transformers", "datasets"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -73,51 +109,112 @@ def git_commit() -> str | None:
     return res.stdout.strip() + ("-dirty" if dirty else "")
 
 
-class ResultsStore:
-    """Open a run directory for writing; use as a context manager."""
+def read_manifest(run_dir: Path, required: bool = False) -> dict:
+    """The run's manifest; a damaged one is a clear error when required, else ``{}``."""
+    path = Path(run_dir) / MANIFEST
+    if not path.exists():
+        if required:
+            raise UserError(f"{path} is missing")
+        return {}
+    try:
+        data = json.loads(path.read_bytes())
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("config", {}), dict):
+        if required:
+            raise UserError(f"{path} is damaged (not a JSON object with a config); delete it and run the same "
+                            f"command again: the rows will be checked against the config")
+        return {}
+    return data
 
-    def __init__(self, run_dir: Path, manifest: dict):
+
+def describe_change(old: dict, new: dict) -> str:
+    """What differs between two run identities, in words."""
+    if not old:
+        return "the rows were written by another run (its manifest is missing or damaged)"
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if key == "config" and isinstance(a, dict) and isinstance(b, dict):
+            parts += [f"config {p}" for p in _diff_paths(a, b)]
+        elif key == "models" and isinstance(a, dict) and isinstance(b, dict):
+            parts += [f"model {m}'s contents" for m in sorted(set(a) | set(b)) if a.get(m) != b.get(m)]
+        elif key == "task_versions":
+            parts.append(f"task versions ({a} -> {b})")
+        else:
+            parts.append(f"{key} ({a} -> {b})")
+    return ", ".join(parts[:6]) or "the run identity"
+
+
+def _diff_paths(a, b, prefix="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _diff_paths(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [prefix]
+
+
+class ResultsStore:
+    """Open a run directory for writing; use as a context manager.
+
+    The constructor takes the lock; ``begin(manifest)`` checks what is already
+    there against this run's identity and prepares appending.
+    """
+
+    def __init__(self, run_dir: Path, manifest: dict | None = None):
         self.dir = Path(run_dir)
+        self._f = None
         if self.dir.exists() and not self.dir.is_dir():
             raise UserError(f"--out {self.dir} is a file, not a directory; pass a directory for the run")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock = (self.dir / LOCK).open("a+")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._lock = (self.dir / LOCK).open("a")
+        except OSError as exc:
+            raise UserError(f"cannot write the run directory {self.dir}: {os_reason(exc)}") from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._lock.seek(0)
-            pid = self._lock.read().strip() or "?"
             self._lock.close()
+            try:
+                pid = (self.dir / (LOCK + ".pid")).read_text().strip() or "unknown"
+            except OSError:
+                pid = "unknown"
             raise UserError(f"another lceval run (pid {pid}) is writing {self.dir}; "
                             f"wait for it to finish or pass a different --out") from None
-        self._lock.seek(0)
-        self._lock.truncate()
-        self._lock.write(str(os.getpid()))
-        self._lock.flush()
-        self._check_manifest(manifest)
-        self._repair_tail()
-        self.rows = read_rows(self.dir)
-        self.done = {row_key(r) for r in self.rows}
-        self._f = (self.dir / RESULTS).open("a")
-
-    def _check_manifest(self, manifest: dict) -> None:
-        path = self.dir / MANIFEST
-        if path.exists():
-            old = json.loads(path.read_text())
-            if old.get("config_hash") != manifest["config_hash"]:
-                self.close()
-                what = "--limit" if old.get("limit") != manifest.get("limit") else "config"
-                raise UserError(f"{self.dir} holds a run with a different {what}; pass a new --out "
-                                f"to start another run, or delete the directory to start over")
-            self.resumed = True
-            new_report = manifest.get("config", {}).get("report")
-            if new_report is not None and old.get("config", {}).get("report") != new_report:
-                old["config"]["report"] = new_report  # report settings change no row: take the new ones
-                self._write_manifest(old)
-            return
+        pid_file = self.dir / (LOCK + ".pid")
+        tmp = pid_file.with_suffix(".tmp")
+        tmp.write_text(str(os.getpid()))
+        tmp.replace(pid_file)
+        self.rows: list[dict] = []
+        self.done: set[tuple] = set()
         self.resumed = False
-        self._write_manifest({"schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                              "argv": sys.argv, "versions": package_versions(), "git_commit": git_commit(), **manifest})
+        if manifest is not None:
+            self.begin(manifest)
+
+    def begin(self, manifest: dict) -> None:
+        """Check the directory's rows against ``manifest['run_id']``, write the manifest, open for appending."""
+        self._repair_tail()
+        run_id = manifest.get("run_id")
+        rows = read_rows(self.dir)
+        old = read_manifest(self.dir)
+        foreign = [r for r in rows if r.get("run_id") != run_id]
+        if foreign:
+            what = describe_change(old.get("identity", {}), manifest.get("identity", {}))
+            self.close()
+            raise UserError(f"{self.dir} holds {len(foreign)} rows from a different run ({what}); pass a new --out "
+                            f"to start another run, or delete the directory to start over")
+        self.resumed = bool(rows)
+        self.rows = rows
+        self.done = {row_key(r) for r in rows}
+        fresh = {"schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "argv": sys.argv, "versions": package_versions(), "git_commit": git_commit(), **manifest}
+        if rows and old.get("run_id") == run_id:  # keep when and how the run started; take new report settings
+            fresh.update({k: old[k] for k in ("created", "argv", "git_commit", "versions") if k in old})
+        self._write_manifest(fresh)
+        self._f = (self.dir / RESULTS).open("a")
 
     def _write_manifest(self, manifest: dict) -> None:
         path = self.dir / MANIFEST
@@ -136,17 +233,21 @@ class ResultsStore:
                 f.truncate(data.rfind(b"\n") + 1)
 
     def append(self, rows: list[dict]) -> None:
-        fresh = [r for r in rows if row_key(r) not in self.done]
-        if not fresh:
+        """Append rows (fsynced); a row for a key already present supersedes it (retries)."""
+        if not rows:
             return
-        self._f.write("".join(json.dumps(r, default=float) + "\n" for r in fresh))
+        self._f.write("".join(json.dumps(r, default=float) + "\n" for r in rows))
         self._f.flush()
         os.fsync(self._f.fileno())
-        self.done.update(row_key(r) for r in fresh)
-        self.rows.extend(fresh)
+        latest = {row_key(r): r for r in rows}
+        self.rows = [r for r in self.rows if row_key(r) not in latest] + list(latest.values())
+        self.done.update(latest)
+
+    def status_of(self) -> dict[tuple, str]:
+        return {row_key(r): r["status"] for r in self.rows}
 
     def close(self) -> None:
-        if getattr(self, "_f", None) is not None:
+        if self._f is not None:
             self._f.close()
             self._f = None
         if not self._lock.closed:
@@ -158,3 +259,10 @@ class ResultsStore:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError in words: 'read-only file system (EROFS)'."""
+    name = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+    text = (exc.strerror or str(exc)).lower()
+    return f"{text} ({name})" if name else text

@@ -47,6 +47,29 @@ from lceval.tokenizer import TextTokenizer
 class TaskConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
+    @pydantic.field_validator("lengths", "depths", mode="before", check_fields=False)
+    @classmethod
+    def _no_booleans(cls, v):
+        if isinstance(v, list) and any(isinstance(x, bool) for x in v):
+            raise ValueError("must be numbers, not true/false")
+        return v
+
+    @pydantic.field_validator("lengths", "depths", check_fields=False)
+    @classmethod
+    def _distinct(cls, v):
+        shown = [f"{x:g}" for x in v]  # as they appear in sample ids
+        dup = sorted({s for s in shown if shown.count(s) > 1})
+        if dup:
+            raise ValueError(f"lists {', '.join(dup)} more than once (or values too close to tell apart); "
+                             "give each once")
+        return v
+
+
+#: the longest context a task may ask for (2^24 tokens); larger values are a typo, not a study
+MAX_LENGTH = 1 << 24
+Length = pydantic.conint(gt=0, le=MAX_LENGTH)
+Samples = pydantic.conint(gt=0, le=1_000_000)
+
 
 @dataclass
 class Sample:

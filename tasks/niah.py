@@ -6,8 +6,9 @@ length in the model's tokens, and the needle goes to the sentence boundary
 nearest ``depth * haystack_length``.
 
 Depth 0 puts the needle first; depth 1 puts it right before the question.
-Recorded per sample: context_length, depth, needle_offset (token index of the
-needle's first token) and distance (context_length - needle_offset).
+Recorded per sample (in the row's ``meta``): depth (requested), realized_depth
+(haystack tokens before the needle / haystack tokens), needle_offset (token
+index of the needle's first token) and distance (prompt length - needle_offset).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import pydantic
 
 from lceval.errors import UserError
-from lceval.task import Sample, Task, TaskConfig, TrainingExample
+from lceval.task import Length, Sample, Samples, Task, TaskConfig, TrainingExample
 from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool
 from lceval.tokenizer import TextTokenizer
 
@@ -37,9 +38,9 @@ TEMPLATE_WORDS = sorted({w for t in (NEEDLE, QUESTION) for w in t.split() if "{"
 
 
 class NiahConfig(TaskConfig):
-    lengths: list[pydantic.PositiveInt] = pydantic.Field(default=[128, 256, 512], min_length=1)
+    lengths: list[Length] = pydantic.Field(default=[128, 256, 512], min_length=1)
     depths: list[pydantic.confloat(ge=0.0, le=1.0)] = pydantic.Field(default=[0.0, 0.25, 0.5, 0.75, 1.0], min_length=1)
-    samples: pydantic.PositiveInt = 10
+    samples: Samples = 10
     haystack: Literal["repeat", "essay", "mixed"] = "mixed"
     n_values: int = pydantic.Field(128, ge=2, le=900, description="answers are the numbers 100 .. 100 + n_values - 1")
     train_needles: pydantic.PositiveInt = pydantic.Field(3, description="needles (and questions) per training sequence")
@@ -107,7 +108,7 @@ class NeedleInAHaystack(Task):
                 input_ids=ids,
                 references=[value],
                 answer_ids=tokenizer.piece(value),
-                meta={"depth": float(depth), "needle_offset": offset,
+                meta={"depth": float(depth), "realized_depth": round(at / max(1, budget), 4), "needle_offset": offset,
                       "distance": len(ids) - offset, "sample": i, "haystack": pool.kind},
             ))
         return out

@@ -53,6 +53,26 @@ CASES = [
     ("report.threshold", 150, "report.threshold", "less than or equal to 100"),
     ("pairings", [], "pairings", "at least 1 item"),
     ("models", DELETE, "models", "required key is missing"),
+    # issue 11: every value a run would refuse is refused up front, with its key path
+    ("tasks.niah.lengths", [True], "tasks.niah.lengths", "numbers, not true/false"),
+    ("tasks.niah.lengths", [10**30], "tasks.niah.lengths[0]", "less than or equal to 16777216"),
+    ("tasks.niah.samples", 10**12, "tasks.niah.samples", "less than or equal to 1000000"),
+    ("tasks.niah.lengths", [64, 128, 64], "tasks.niah.lengths", "lists 64 more than once"),
+    ("tasks.niah.depths", [0.5, 0.5000001], "tasks.niah.depths", "too close to tell apart"),
+    ("run.name", "", "run.name", "should match pattern"),
+    ("run.name", "../../x", "run.name", "should match pattern"),
+    ("run.name", "..", "run.name", "not '.' or '..'"),
+    ("models.m.train.n_kv_heads", 3, "models.m.train.n_kv_heads", "must divide n_heads (2)"),
+    ("models.m.train.max_length", 64, "models.m.train.max_length", "must cover the training length (128)"),
+    ("models.m.params", {"x": 1}, "models.m.params: unknown key", "allowed keys: type, checkpoint, train"),
+    ("pairings.0", {"model": "m", "attention": ["full", "flash"], "label": "mine"}, "pairings[0].label",
+     "cannot name the 2 pairings"),
+    ("pairings.0.attention", {"name": "sparse", "block": 4096}, "pairings[0].attention", "less than or equal to 1024"),
+    ("models.m.train.tasks", {"vt": 1, "nope": 1}, "models.m.train.tasks.nope", "unknown tasks plugin 'nope'"),
+    ("tasks.vt", {"lengths": [64], "hops": 0}, "tasks.vt.hops", "greater than 0"),
+    ("tasks.cwe", {"freq_common": 2, "freq_uncommon": 3}, "tasks.cwe", "freq_common must be larger"),
+    ("tasks.qa", {"lengths": [64]}, "tasks.qa.path", "required key is missing"),
+    ("run.answer", "beam", "run.answer", "'auto' or 'generate'"),
 ]
 
 
@@ -73,6 +93,33 @@ def test_missing_checkpoint_directory(write_config, tmp_path):
     res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--dry-run"])
     assert res.exit_code == 2
     assert "models.m.checkpoint: no reference checkpoint" in res.stderr
+
+
+def test_bad_files_and_values_are_one_line_errors(tmp_path, write_config):
+    def err(args):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+        return res.stderr
+
+    garbage = tmp_path / "garbage.yaml"
+    garbage.write_bytes(bytes(range(256)))
+    assert "not a text file" in err(["run", str(garbage), "--dry-run"])
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("run: {name: caf\xe9}\n".encode("latin-1"))
+    assert "not UTF-8" in err(["run", str(latin), "--dry-run"])
+    assert "is a directory" in err(["run", str(tmp_path), "--dry-run"])
+    cfg = write_config(BASE)
+    assert "not valid YAML" in err(["run", str(cfg), "--dry-run", "--set", "tasks.niah.lengths=[64"])
+    for content in [b"", b"\x00\x01garbage", b"[]", b'{"format": 1}', b'{"architecture": 5}']:
+        ckpt = tmp_path / f"ckpt{len(content)}"
+        ckpt.mkdir()
+        for name in ("model.safetensors", "tokenizer.json"):
+            (ckpt / name).write_bytes(b"x")
+        (ckpt / "card.json").write_bytes(content)
+        data = copy.deepcopy(BASE)
+        data["models"]["m"] = {"type": "reference", "checkpoint": str(ckpt)}
+        assert "card.json" in err(["run", str(write_config(data)), "--dry-run"])
 
 
 def test_not_yaml_and_missing_file(tmp_path):

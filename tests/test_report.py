@@ -102,3 +102,15 @@ def test_markdown_formats_lengths_and_scores():
 def test_file_names_never_collide():
     assert file_stem("niah", "mine (v1)") != file_stem("niah", "mine [v1]")
     assert file_stem("niah", "a/b") != file_stem("niah", "a_b")
+
+
+def test_labels_in_any_script_render_without_glyph_warnings(tmp_path, recwarn):
+    from lceval.report import curve_plot, plot_text
+
+    assert plot_text("model/flash") == "model/flash" and plot_text("é") == "é"
+    assert plot_text("模型") == "\\u6a21\\u578b"  # no CJK font here: escaped, never a missing-glyph warning
+    t = pd.DataFrame({"pairing": ["模型/flash", "modèle/full", "модель/full"], "context_length": [64, 64, 64],
+                      "score": [0.5, 0.5, 1.0], "ci_low": [0.2] * 3, "ci_high": [0.8] * 3})
+    curve_plot(t, "context_length", "Длина", "tokens", tmp_path / "c.png", log=True)
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    assert not [w for w in recwarn if "Glyph" in str(w.message)]

@@ -119,9 +119,9 @@ def test_changed_config_refused_on_same_dir(quickstart_rotary, write_config, tmp
     assert run_cli([cfg, "--out", tmp_path / "r"]).exit_code == 0
     before = (tmp_path / "r" / "results.jsonl").read_bytes()
     res = run_cli([cfg, "--out", tmp_path / "r", "--set", "tasks.niah.samples=4"])
-    assert res.exit_code == 2 and "different config" in res.stderr
+    assert res.exit_code == 2 and "different run (config tasks.niah.samples)" in res.stderr
     res = run_cli([cfg, "--out", tmp_path / "r", "--limit", "1"])
-    assert res.exit_code == 2 and "different --limit" in res.stderr
+    assert res.exit_code == 2 and "different run (limit (None -> 1))" in res.stderr
     assert (tmp_path / "r" / "results.jsonl").read_bytes() == before  # nothing lost
     # report settings change no row: the run resumes (nothing to do) and the report uses them
     res = run_cli([cfg, "--out", tmp_path / "r", "--set", "report.threshold=10"])

@@ -154,16 +154,17 @@ def blocked_attention(
     offset = S - T
     kk, vv = repeat_kv(k, H), repeat_kv(v, H)
     sc = default_scale(D, scale)
+    acc_dtype = _wide(q[:0]).dtype  # 16-bit inputs accumulate in float32 and are rounded once at the end
     outs = []
     for q0 in range(0, T, block_q):
         q1 = min(q0 + block_q, T)
-        qb = q[:, :, q0:q1] * sc  # (B, H, bq, D)
+        qb = _wide(q[:, :, q0:q1]) * sc  # (B, H, bq, D)
         qi = positions(q0, q1, offset, q.device)[:, None]
-        m = q.new_full((B, H, q1 - q0, 1), float("-inf"))
-        denom = q.new_zeros((B, H, q1 - q0, 1))
-        acc = q.new_zeros((B, H, q1 - q0, D))
+        m = qb.new_full((B, H, q1 - q0, 1), float("-inf"), dtype=acc_dtype)
+        denom = qb.new_zeros((B, H, q1 - q0, 1), dtype=acc_dtype)
+        acc = qb.new_zeros((B, H, q1 - q0, D), dtype=acc_dtype)
         for k0, k1, needs_mask in key_blocks(q0, q1):
-            s = torch.matmul(qb, kk[:, :, k0:k1].transpose(-1, -2))  # (B, H, bq, bk)
+            s = torch.matmul(qb, _wide(kk[:, :, k0:k1]).transpose(-1, -2))  # (B, H, bq, bk)
             kj = torch.arange(k0, k1, device=q.device)[None, :]
             if score_mod is not None:
                 s = score_mod(s, qi, kj)
@@ -174,7 +175,7 @@ def blocked_attention(
             p = torch.exp(s - m_safe)
             alpha = torch.exp(m - m_safe)
             denom = denom * alpha + p.sum(dim=-1, keepdim=True)
-            acc = acc * alpha + torch.matmul(p, vv[:, :, k0:k1])
+            acc = acc * alpha + torch.matmul(p, _wide(vv[:, :, k0:k1]))
             m = m_new
         outs.append(acc / torch.where(denom > 0, denom, torch.ones_like(denom)))
-    return torch.cat(outs, dim=2)
+    return torch.cat(outs, dim=2).to(q.dtype)

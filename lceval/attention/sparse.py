@@ -67,7 +67,8 @@ class SlidingWindowAttention(Attention):
 
 class SparseParams(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
-    block: pydantic.PositiveInt = 64
+    block: int = pydantic.Field(64, ge=1, le=1024, description="block size in tokens (the Triton path needs a "
+                                "power of two >= 16; other sizes run the torch path)")
     local_blocks: pydantic.PositiveInt = pydantic.Field(4, description="the diagonal block and the ones before it")
     global_blocks: pydantic.NonNegativeInt = pydantic.Field(1, description="sink blocks at the start, seen by all")
     stride: pydantic.PositiveInt | None = pydantic.Field(None, description="also every stride-th key block")

@@ -7,6 +7,7 @@ attention through that lceval backend.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -24,6 +25,19 @@ from lceval.tokenizer import TextTokenizer
 def cache_dir() -> Path:
     """Where trained models are cached: ``$LCEVAL_CACHE`` or ``~/.cache/lceval``."""
     return Path(os.environ.get("LCEVAL_CACHE") or Path.home() / ".cache" / "lceval")
+
+
+def content_hash(path: Path) -> str:
+    """sha256 over a checkpoint's weights, card and tokenizer (what a resumed run must find unchanged)."""
+    from lceval.models.checkpoint import CARD, TOKENIZER, WEIGHTS
+
+    h = hashlib.sha256()
+    for name in (WEIGHTS, CARD, TOKENIZER):
+        h.update(name.encode())
+        with open(Path(path) / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 class ModelAdapter:
@@ -61,6 +75,8 @@ class ReferenceAdapter(ModelAdapter):
             return
         path = self.spec.checkpoint or self.ensure_trained()
         self.path = Path(path)
+        # hashed before loading, so what was loaded is what was hashed (load_checkpoint explains a missing file)
+        self.content_hash = content_hash(self.path) if is_complete(self.path) else None
         self.model, self.tokenizer, self.card = load_checkpoint(self.path)
         self.model.to(self.device)
         arch = self.model.arch
@@ -77,8 +93,13 @@ class ReferenceAdapter(ModelAdapter):
         payload = {"recipe": recipe.model_dump(mode="json"), "task_versions": versions}
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         path = cache_dir() / "models" / f"{recipe.position}-{digest[:12]}"
-        if not is_complete(path):
-            train(recipe, path, progress=self.progress, device=self.device)
+        if is_complete(path):
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.parent / f".{path.name}.lock", "a") as lock:  # one process trains; the others wait for it
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not is_complete(path):
+                train(recipe, path, progress=self.progress, device=self.device)
         return path
 
     def with_attention(self, attention: Attention) -> nn.Module:
@@ -86,5 +107,5 @@ class ReferenceAdapter(ModelAdapter):
         return self.model
 
     def describe(self) -> dict:
-        return {"type": self.name, "path": str(self.path), "position": self.position,
+        return {"type": self.name, "path": str(self.path), "position": self.position, "sha256": self.content_hash,
                 "training_length": self.card.get("training_length"), "measured": self.card.get("measured")}

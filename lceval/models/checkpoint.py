@@ -34,8 +34,17 @@ def is_complete(path: Path) -> bool:
 
 
 def read_card(path: Path) -> dict:
-    """The JSON card of a reference checkpoint directory."""
-    return json.loads((Path(path) / CARD).read_text())
+    """The JSON card of a reference checkpoint directory (a damaged card is a clear error)."""
+    card_path = Path(path) / CARD
+    try:
+        card = json.loads(card_path.read_bytes())
+    except ValueError:
+        card = None
+    if not isinstance(card, dict) or not isinstance(card.get("architecture"), dict) \
+            or "position" not in card["architecture"]:
+        raise UserError(f"{card_path} is damaged (not a JSON card with an architecture); retrain the checkpoint "
+                        f"with `lceval train`, or delete it from the cache to have it retrained")
+    return card
 
 
 def load_checkpoint(path: Path, attention: str = "full", **attention_params):
@@ -44,8 +53,8 @@ def load_checkpoint(path: Path, attention: str = "full", **attention_params):
     if not is_complete(path):
         raise UserError(f"{path}: not a reference checkpoint (needs {WEIGHTS}, {CARD}, {TOKENIZER}); "
                         f"train one with `lceval train`")
+    card = read_card(path)
     try:
-        card = read_card(path)
         arch = Architecture(**card["architecture"])
         model = ReferenceTransformer(arch, build_attention(attention, **attention_params))
         model.load_state_dict(load_file(str(path / WEIGHTS)))

@@ -21,7 +21,7 @@ import numpy as np
 import pydantic
 
 from lceval.errors import UserError
-from lceval.task import Sample, Task, TaskConfig, TrainingExample
+from lceval.task import Length, Sample, Samples, Task, TaskConfig, TrainingExample
 from lceval.tasks.ruler.common import pseudo_words
 
 CWE_HEAD = "Below is a list of words ."
@@ -110,8 +110,8 @@ class _WordCount(Task):
 
 
 class CWEConfig(TaskConfig):
-    lengths: list[pydantic.PositiveInt] = pydantic.Field(default=[256, 512, 1024], min_length=1)
-    samples: pydantic.PositiveInt = 10
+    lengths: list[Length] = pydantic.Field(default=[256, 512, 1024], min_length=1)
+    samples: Samples = 10
     num_common: pydantic.PositiveInt = 10
     freq_common: pydantic.PositiveInt = 30
     freq_uncommon: pydantic.PositiveInt = 3
@@ -162,8 +162,8 @@ class CommonWords(_WordCount):
 
 
 class FWEConfig(TaskConfig):
-    lengths: list[pydantic.PositiveInt] = pydantic.Field(default=[256, 512, 1024], min_length=1)
-    samples: pydantic.PositiveInt = 10
+    lengths: list[Length] = pydantic.Field(default=[256, 512, 1024], min_length=1)
+    samples: Samples = 10
     alpha: pydantic.PositiveFloat = 2.0
     top: pydantic.PositiveInt = 3
     pool: int = pydantic.Field(1024, ge=16, le=8192, description="distinct coded words")

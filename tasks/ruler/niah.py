@@ -21,7 +21,7 @@ import numpy as np
 import pydantic
 
 from lceval.errors import UserError
-from lceval.task import Sample, Task, TaskConfig, TrainingExample
+from lceval.task import Length, Sample, Samples, Task, TaskConfig, TrainingExample
 from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool
 from lceval.tasks.niah import KEYS
 from lceval.tasks.ruler.common import assemble, fill, numbers, preset, pseudo_words, uuids
@@ -37,9 +37,9 @@ TEMPLATE_WORDS = sorted({w for t in (NEEDLE, QUESTION) for w in t.split() if "{"
 
 
 class RulerNiahConfig(TaskConfig):
-    lengths: list[pydantic.PositiveInt] = pydantic.Field(default=[256, 512, 1024], min_length=1)
+    lengths: list[Length] = pydantic.Field(default=[256, 512, 1024], min_length=1)
     depths: list[pydantic.confloat(ge=0.0, le=1.0)] = pydantic.Field(default=[0.0, 0.25, 0.5, 0.75, 1.0], min_length=1)
-    samples: pydantic.PositiveInt = 10
+    samples: Samples = 10
     haystack: Literal["noise", "essay", "needle"] = "essay"
     key_type: Kind = "words"
     value_type: Kind = "numbers"
@@ -175,38 +175,27 @@ class RulerNiah(Task):
 
     # -- training ----------------------------------------------------------------------
     def training_example(self, rng, length, tokenizer) -> TrainingExample:
-        """Needles at random depths, then one question per queried key, each answered with its values and a stop.
+        """One prompt in the evaluation's own form at a random depth, answered with every value and a stop.
 
-        Curriculum: 1..train_max_queries keys are queried. Several labelled questions per sequence give
-        many training signals per step; each question has the evaluation's own form.
+        Curriculum: 1..train_max_queries keys are queried (fewer when the needles would not fit).
         """
         c = self.config
         n_q = int(rng.integers(1, c.train_max_queries + 1))
-        stop = tokenizer.piece(".")
-        per_answer = max(len(tokenizer.piece(v)) for v in self._values(c.value_type)[:32]) * c.num_values + 1
-        q1 = max(len(self._question(tokenizer, [k])) for k in self._keys()[:32])
-        # the joint question (dropped) is at least one single-key question long, so this fits `length`
+        if c.haystack != "needle":
+            n_q = min(n_q, c.num_keys)
         depth = float(rng.random())
         while True:
+            answer_room = 8 * n_q * c.num_values + 2
             try:
-                ids, refs, meta = self._build(rng, tokenizer, length - n_q * (q1 + per_answer) + q1, depth, n_q)
+                ids, refs, _ = self._build(rng, tokenizer, length - answer_room, depth, n_q)
                 break
             except UserError:
                 if n_q == 1:
                     raise
                 n_q -= 1  # too many needles for this length: ask about fewer keys
-        queried = meta.pop("_queried")
-        values = {k: refs[i * c.num_values : (i + 1) * c.num_values] for i, k in enumerate(queried)}
-        question_len = len(self._question(tokenizer, queried))
-        ids = ids[: len(ids) - question_len]  # drop the joint question; ask about each key alone
-        positions, labels = [], []
-        for k in queried:
-            ids = ids + self._question(tokenizer, [k])
-            answer = [t for v in values[k] for t in tokenizer.piece(v)] + stop
-            positions += range(len(ids) - 1, len(ids) - 1 + len(answer))
-            labels += answer
-            ids = ids + answer
-        return TrainingExample(ids=ids, label_positions=positions, labels=labels)
+        answer = [t for r in refs for t in tokenizer.piece(r)] + tokenizer.piece(".")
+        positions = list(range(len(ids) - 1, len(ids) - 1 + len(answer)))
+        return TrainingExample(ids=ids + answer, label_positions=positions, labels=answer)
 
 
 PRESETS = {

@@ -17,7 +17,7 @@ from pathlib import Path
 import pydantic
 
 from lceval.errors import UserError
-from lceval.task import Sample, Task, TaskConfig
+from lceval.task import Length, Sample, Samples, Task, TaskConfig
 from lceval.tasks.haystack import REPEAT_WORDS, SentencePool
 from lceval.tasks.ruler.common import assemble, fill
 
@@ -59,9 +59,9 @@ def load_qa(path: Path) -> list[dict]:
 
 class QAConfig(TaskConfig):
     path: Path
-    lengths: list[pydantic.PositiveInt] = pydantic.Field(default=[256, 512], min_length=1)
+    lengths: list[Length] = pydantic.Field(default=[256, 512], min_length=1)
     depths: list[pydantic.confloat(ge=0.0, le=1.0)] = pydantic.Field(default=[0.0, 0.5, 1.0], min_length=1)
-    samples: pydantic.PositiveInt = 10
+    samples: Samples = 10
 
 
 class QA(Task):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pydantic
 
-from lceval.task import Sample, Task, TaskConfig, TrainingExample
+from lceval.task import Length, Sample, Samples, Task, TaskConfig, TrainingExample
 from lceval.tasks.haystack import REPEAT_WORDS, SentencePool
 from lceval.tasks.ruler.common import assemble, fill, numbers, pseudo_words
 
@@ -28,8 +28,8 @@ def variable_names(n: int) -> list[str]:
 
 
 class VTConfig(TaskConfig):
-    lengths: list[pydantic.PositiveInt] = pydantic.Field(default=[256, 512, 1024], min_length=1)
-    samples: pydantic.PositiveInt = 10
+    lengths: list[Length] = pydantic.Field(default=[256, 512, 1024], min_length=1)
+    samples: Samples = 10
     chains: pydantic.PositiveInt = 1
     hops: pydantic.PositiveInt = 4
     pool: int = pydantic.Field(128, ge=16, le=4096, description="distinct variable names and values")
@@ -85,8 +85,6 @@ class VariableTracking(Task):
         ids, offsets, _ = assemble(prefix, hay, starts, list(zip(fracs, statements, strict=True)), question)
         first = offsets[: hops + 1]
         meta = {"needle_offsets": first, "distance": len(ids) - min(first), "hops": hops, "chains": chains}
-        self._last_chains = [names[c * (hops + 1) : (c + 1) * (hops + 1)] for c in range(chains)]
-        self._last_questions = [tokenizer.piece(QUESTION.format(value=values[c])) for c in range(chains)]
         return ids, names[: hops + 1], meta
 
     def cell_samples(self, cell, tokenizer, n):
@@ -99,18 +97,10 @@ class VariableTracking(Task):
         return out
 
     def training_example(self, rng, length, tokenizer) -> TrainingExample:
-        """Chains in filler, then one question per chain, each answered (curriculum: hops 1..train_max_hops)."""
+        """One prompt in the evaluation's own form (curriculum: hops 1..train_max_hops), answered with a stop."""
         hops = int(rng.integers(1, self.config.train_max_hops + 1))
-        chains = max(self.config.chains, 2)
-        q_len = len(tokenizer.piece(QUESTION.format(value=self.values[0])))
-        room = chains * (q_len + hops + 2)
-        ids, _, _ = self._build(rng, tokenizer, length - room + q_len, hops, chains)
-        ids = ids[: len(ids) - len(self._last_questions[0])]  # ask about every chain instead
-        positions, labels = [], []
-        for chain, question in zip(self._last_chains, self._last_questions, strict=True):
-            ids = ids + question
-            answer = [t for r in chain for t in tokenizer.piece(r)] + tokenizer.piece(".")
-            positions += range(len(ids) - 1, len(ids) - 1 + len(answer))
-            labels += answer
-            ids = ids + answer
-        return TrainingExample(ids=ids, label_positions=positions, labels=labels)
+        answer_room = hops + 3
+        ids, refs, _ = self._build(rng, tokenizer, length - answer_room, hops, self.config.chains)
+        answer = [t for r in refs for t in tokenizer.piece(r)] + tokenizer.piece(".")
+        return TrainingExample(ids=ids + answer, label_positions=list(range(len(ids) - 1, len(ids) - 1 + len(answer))),
+                               labels=answer)

@@ -7,10 +7,13 @@ linear kernel) in float64. Inputs are fresh random tensors per test.
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import torch
 
 from lceval.attention import build_attention
+from lceval.attention.core import causal_mask, dense_attention
 from lceval.position import alibi_slopes
 
 
@@ -55,7 +58,11 @@ def reference(name, params, q, k, v, causal, bias=None):
 
 
 def rand(B, H, Hkv, T, S, D, seed=None):
-    g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
+    """Random q, k, v; the seed is derived from the shape (reproducible) and printed for a failing case."""
+    if seed is None:
+        seed = zlib.crc32(repr((B, H, Hkv, T, S, D)).encode())
+    print(f"rand seed {seed}")
+    g = torch.Generator().manual_seed(seed)
     return (torch.randn(B, H, T, D, generator=g), torch.randn(B, Hkv, S, D, generator=g),
             torch.randn(B, Hkv, S, D, generator=g))
 
@@ -182,3 +189,21 @@ def test_linear_keeps_float64():
     out = attn(q, k, v, causal=True)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, reference("linear", {}, q, k, v, True), atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_blocked_engine_rounds_16_bit_inputs_once(dtype):
+    """The blocked paths accumulate in float32: their error is that of one rounding of the float64 result."""
+    from lceval.position import ALiBi
+
+    seed = 1234
+    print(f"seed {seed}")
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, 4, 2048, 32, generator=g).to(dtype) for _ in range(3))
+    mod = ALiBi(128, 4, 2048).score_mod()
+    exact = dense_attention(q.double(), k.double(), v.double(), mask=causal_mask, score_mod=mod)
+    once = (exact.to(dtype).double() - exact).abs().max().item()
+    for name, params in [("flash", {}), ("sliding_window", {"window": 4096}), ("sparse", {"block": 64, "local_blocks": 64})]:
+        out = build_attention(name, **params)(q, k, v, causal=True, score_mod=mod)
+        err = (out.double() - exact).abs().max().item()
+        assert err <= 2 * once + 1e-3, (name, err, once)  # was 0.015 for bf16 at 2k when accumulating in bf16

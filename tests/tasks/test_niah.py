@@ -130,3 +130,14 @@ def test_hugging_face_tokenizer():
         body = s.input_ids[1:]
         assert hf.encode(hf.decode(body), add_special_tokens=False) == body
     assert tok.fingerprint() == TextTokenizer.from_hf(hf).fingerprint()
+
+
+def test_realized_depth_is_recorded_beside_the_requested_one():
+    task = make_task(lengths=[128, 1000], depths=[0.0, 0.3, 0.7, 1.0], samples=2)
+    tok = word_level(task.vocabulary())
+    for s in task.samples(tok):
+        real, asked = s.meta["realized_depth"], s.meta["depth"]
+        assert 0.0 <= real <= 1.0
+        assert abs(real - asked) <= 0.15  # at most about one sentence away at 128 tokens
+    short = [s for s in task.samples(tok) if len(s.input_ids) == 128 and s.meta["depth"] == 0.3]
+    assert any(s.meta["realized_depth"] != 0.3 for s in short)  # sentence boundaries move it: recorded, not hidden

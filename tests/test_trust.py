@@ -1,0 +1,144 @@
+"""Results you can trust: run identity, retries, quarantine, clean errors for damaged files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from click.testing import CliRunner
+
+from conftest import small_config
+from lceval.cli import main
+from lceval.store import QUARANTINE, read_rows
+
+
+def run(args):
+    return CliRunner().invoke(main, ["run", *map(str, args), "--no-progress"])
+
+
+def tiny(ckpt, **tasks):
+    data = small_config(ckpt)
+    data["pairings"] = [{"model": "m", "attention": "flash"}]
+    data["tasks"] = {"niah": {"lengths": [64, 96], "depths": [0.0, 1.0], "samples": 2, **tasks}}
+    return data
+
+
+def test_a_checkpoint_swapped_under_a_run_is_refused(quickstart_rotary, write_config, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(quickstart_rotary, ckpt)
+    cfg = write_config(tiny(ckpt))
+    assert run([cfg, "--out", tmp_path / "r"]).exit_code == 0
+    card = json.loads((ckpt / "card.json").read_text())
+    card["note"] = "retrained in place"
+    (ckpt / "card.json").write_text(json.dumps(card))
+    res = run([cfg, "--out", tmp_path / "r"])
+    assert res.exit_code == 2 and "model m's contents" in res.stderr and "different run" in res.stderr
+    models = json.loads((tmp_path / "r" / "models.json").read_text())
+    assert models["m"]["sha256"] and len(read_rows(tmp_path / "r")) == 8
+
+
+def test_rows_are_verified_without_trusting_the_manifest(quickstart_rotary, write_config, tmp_path):
+    cfg = write_config(tiny(quickstart_rotary))
+    out = tmp_path / "r"
+    assert run([cfg, "--out", out]).exit_code == 0
+    (out / "manifest.json").unlink()
+    res = run([cfg, "--out", out, "--set", "run.seed=5"])
+    assert res.exit_code == 2 and "different run" in res.stderr and "manifest is missing" in res.stderr
+    res = run([cfg, "--out", out])  # the same config resumes: the rows carry its run id
+    assert res.exit_code == 0 and "is complete" in res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["seed"] = 5
+    manifest["config"]["run"]["seed"] = 5
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    res = run([cfg, "--out", out, "--set", "run.seed=5"])  # an edited manifest does not make seed-0 rows seed 5
+    assert res.exit_code == 2 and "different run" in res.stderr
+    (out / "manifest.json").write_text("{not json")
+    res = run([cfg, "--out", out])
+    assert res.exit_code == 0 and json.loads((out / "manifest.json").read_text())["seed"] == 0
+
+
+def test_batch_size_and_report_settings_keep_the_identity(quickstart_rotary, write_config, tmp_path):
+    cfg = write_config(tiny(quickstart_rotary))
+    assert run([cfg, "--out", tmp_path / "r"]).exit_code == 0
+    res = run([cfg, "--out", tmp_path / "r", "--set", "run.batch_size=1", "--set", "report.threshold=50"])
+    assert res.exit_code == 0 and "is complete (8 rows)" in res.output
+
+
+def test_retry_failed_supersedes_failed_rows(quickstart_rotary, write_config, tmp_path):
+    cfg = write_config(tiny(quickstart_rotary))
+    out = tmp_path / "r"
+    assert run([cfg, "--out", out]).exit_code == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    broken = json.loads(lines[0])
+    broken.update(status="oom", score=0.0, correct=False, message="out of memory: simulated")
+    (out / "results.jsonl").write_text("\n".join([json.dumps(broken)] + lines[1:]) + "\n")
+    res = run([cfg, "--out", out])  # failed rows count as done: nothing is retried silently
+    assert "is complete" in res.output and res.exit_code == 1
+    res = run([cfg, "--out", out, "--retry-failed"])
+    assert res.exit_code == 0 and "rows written this time: 1" in res.output
+    rows = read_rows(out)
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"ok"}
+    assert len((out / "results.jsonl").read_text().splitlines()) == 9  # append-only: the old row stays on disk
+
+
+def test_lines_that_are_not_rows_are_quarantined(quickstart_rotary, write_config, tmp_path):
+    cfg = write_config(tiny(quickstart_rotary))
+    out = tmp_path / "r"
+    assert run([cfg, "--out", out]).exit_code == 0
+    with (out / "results.jsonl").open("ab") as f:
+        f.write(b"42\n{}\n[1,2,3]\n\x00\x00garbage\n\xff\xfe{\n" + b'{"pairing": "m/flash", "task": "niah"}\n')
+    res = run([cfg, "--out", out])
+    assert res.exit_code == 0 and "is complete" in res.output
+    assert "6 line(s)" in res.stderr and res.stderr.count("not result rows") == 1
+    assert len((out / QUARANTINE).read_bytes().splitlines()) == 6
+    rep = CliRunner().invoke(main, ["report", str(out)])
+    assert rep.exit_code == 0 and (out / "report" / "cells.csv").exists()
+
+
+def test_an_empty_run_directory_accepts_a_corrected_config(quickstart_rotary, write_config, tmp_path):
+    out = tmp_path / "r"
+    bad = write_config(tiny(quickstart_rotary, lengths=[12]), "bad.yaml")
+    res = run([bad, "--out", out])
+    assert res.exit_code in (1, 2)
+    good = write_config(tiny(quickstart_rotary), "good.yaml")
+    res = run([good, "--out", out])
+    assert res.exit_code == 0, res.output
+
+
+def test_the_lock_names_its_holder(quickstart_rotary, write_config, tmp_path):
+    import os
+
+    from lceval.store import ResultsStore
+
+    cfg = write_config(tiny(quickstart_rotary))
+    with ResultsStore(tmp_path / "busy"):
+        res = run([cfg, "--out", tmp_path / "busy"])
+    assert res.exit_code == 2 and f"(pid {os.getpid()})" in res.stderr
+
+
+def test_two_processes_share_one_training(tmp_path):
+    """Two runs that need the same untrained model: one trains it, the other waits and loads it."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "from lceval.config import ModelSpec\n"
+        "from lceval.models.adapters import ReferenceAdapter\n"
+        "import lceval.train as t\n"
+        "real = t.train\n"
+        "def counted(*a, **k):\n"
+        "    open(sys.argv[1], 'a').write('trained\\n'); time.sleep(1); return real(*a, **k)\n"
+        "t.train = counted\n"
+        "spec = ModelSpec.model_validate({'type': 'reference', 'train': {'d_model': 16, 'n_layers': 1, 'steps': 3,"
+        " 'batch_size': 2, 'eval_samples': 2}})\n"
+        "a = ReferenceAdapter(spec, progress=False); a.prepare(); print(a.path)\n"
+    )
+    env = dict(os.environ, LCEVAL_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    log = tmp_path / "log"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(log)], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    paths = {p.communicate(timeout=300)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs) and len(paths) == 1
+    assert log.read_text().count("trained") == 1
