@@ -7,6 +7,7 @@ cells failed exits with code 1; success is 0.
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def user_errors(fn):
 @click.version_option(package_name="lceval")
 def main():
     """lceval: where in a long input can a model still find what it needs?"""
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit becomes an OSError (EFBIG) with a clear message, not a kill
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 @main.command()
@@ -65,6 +68,7 @@ def run(config, out, overrides, dry_run, limit, retry_failed, no_progress):
     resolved = load_config(config, overrides)
     runner = Runner(resolved, limit=limit, progress=not no_progress, retry_failed=retry_failed)
     out = out or Path("runs") / resolved.config.run.name
+    runner.preflight()  # what a run would refuse at start is refused now, before anything is written
     if dry_run:
         n_cells = sum(len(t.cells()) for t in runner._tasks.values())
         click.echo(f"pairings: {len(resolved.pairings)} ({', '.join(p.label for p in resolved.pairings)})")

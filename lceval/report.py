@@ -181,7 +181,7 @@ def ruler_table(df: pd.DataFrame, threshold_pct: float) -> pd.DataFrame:
             mean = at["score"].mean()
             half = (at["ci_high"] - at["ci_low"]).pow(2).sum() ** 0.5 / (2 * len(at))  # independent tasks
             rec[int(L)] = mean
-            rec[f"{int(L)} ci"] = f"{max(0, mean - half):.1%}-{min(1, mean + half):.1%}"
+            rec[f"{int(L)} ci"] = f"{100 * max(0, mean - half):.1f}-{100 * min(1, mean + half):.1f}"
             curve.append((L, mean))
         scores = [s for _, s in curve]
         rec["mean"] = float(np.mean(scores)) if not any(math.isnan(s) for s in scores) else math.nan
@@ -333,9 +333,10 @@ def heatmap(cells: pd.DataFrame, pairing: str, task: str, group: str, path: Path
     im = ax.imshow(np.ma.masked_invalid(acc.values.astype(float)), cmap=cmap, vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(acc.shape[1]), [f"{int(c):,}" for c in acc.columns])
     is_depth = group.endswith("depth")
-    ax.set_yticks(range(acc.shape[0]), [f"{d:.0%}" if is_depth else str(d) for d in acc.index])
+    ends = {0.0: "\n(start)", 1.0: "\n(by the question)"}
+    ax.set_yticks(range(acc.shape[0]), [f"{d:.0%}{ends.get(float(d), '')}" if is_depth else str(d) for d in acc.index])
     ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("needle depth (0% = start, 100% = next to the question)" if is_depth else group.removeprefix("meta."))
+    ax.set_ylabel("needle depth" if is_depth else group.removeprefix("meta."))
     for i in range(acc.shape[0]):
         for j in range(acc.shape[1]):
             v = acc.values[i, j]
@@ -449,7 +450,7 @@ def build_report(run_dir: Path, threshold: float | None = None) -> Path:
              f"rows that could not run (unsupported_length, skipped_memory) leave a cell empty ('-'). "
              f"Effective length: the longest tested length L such that every tested length up to L scores >= "
              f"{threshold:g} (absolute, RULER) or >= {RELATIVE:.0%} of the pairing's score at its shortest length "
-             f"(relative, NoLiMa). {DEPTH_NOTE}")
+             f"(relative, NoLiMa; it says nothing when the score at the shortest length is itself near 0). {DEPTH_NOTE}")
     versions = manifest.get("versions", {})
     footer = (f"Rows: {len(df)} | seed: {manifest.get('seed')} | lceval {versions.get('lceval', '?')} | "
               f"git: {manifest.get('git_commit')}")
@@ -457,7 +458,8 @@ def build_report(run_dir: Path, threshold: float | None = None) -> Path:
     if ruler is not None:
         sections.append(("All tasks (RULER table: mean over tasks)", ruler))
     for task, t in summary.groupby("task", sort=False):
-        sections.append((task, t.drop(columns="task").dropna(axis=1, how="all")))
+        untested = [c for c in t.columns if isinstance(c, int) and t[c].isna().all()]  # lengths this task never ran
+        sections.append((task, t.drop(columns=["task", *untested])))
     if not agree.empty:
         sections.append(("Agreement with the oracle (per sample)", agree))
     md = [f"# lceval report: {name}", "", rules, ""]

@@ -20,9 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from lceval import registry
-from lceval.config import Pairing, Resolved
+from lceval.config import Pairing, Resolved, validate_task_config
 from lceval.dataset import cached_samples
-from lceval.errors import ConfigError
+from lceval.errors import ConfigError, UserError
 from lceval.models.adapters import ModelAdapter
 from lceval.scoring import score_batch, uses_teacher_forcing
 from lceval.store import ResultsStore, package_versions
@@ -113,6 +113,35 @@ class Runner:
             n = min(self.limit or t.samples_per_cell(), t.samples_per_cell())
             total += sum(c.get("context_length") or 0 for c in t.cells()) * n
         return total * len(self.r.pairings)
+
+    def preflight(self) -> None:
+        """Refuse now what the run would refuse later: prompts too short for a task's needles at its
+        shortest length, training lengths too short for a recipe's tasks. Cheap: one sample each."""
+        import numpy as np
+
+        from lceval.models.checkpoint import TOKENIZER
+        from lceval.tokenizer import TextTokenizer, word_level
+
+        for name, spec in self.r.config.models.items():
+            if spec.type != "reference":
+                continue
+            if spec.checkpoint is not None:
+                tok = TextTokenizer.load(spec.checkpoint / TOKENIZER)
+            else:
+                recipe_tasks = {t: registry.tasks.get(t)(validate_task_config(registry.tasks.get(t), mix.config,
+                                                                              f"models.{name}.train.tasks.{t}"))
+                                for t, mix in spec.train.mixture().items()}
+                tok = word_level(list(dict.fromkeys(w for t in recipe_tasks.values() for w in t.vocabulary())))
+                for t, task in recipe_tasks.items():
+                    try:
+                        task.training_example(np.random.default_rng(0), spec.train.train_length, tok)
+                    except UserError as exc:
+                        raise ConfigError(f"models.{name}.train.train_length", f"too short for task {t}: {exc}") from None
+            for task in self._tasks.values():
+                cells = [c for c in task.cells() if c.get("context_length") is not None]
+                if cells:
+                    shortest = min(cells, key=lambda c: c["context_length"])
+                    task.cell_samples(shortest, tok, 1)
 
     # -- the run ------------------------------------------------------------------------
     def run(self, out_dir: Path, after=None) -> RunSummary:

@@ -45,6 +45,9 @@ def is_row(obj) -> bool:
     return isinstance(obj, dict) and all(isinstance(obj.get(k), str) for k in ROW_KEYS)
 
 
+_WARNED: set[tuple[str, int]] = set()
+
+
 def read_rows(run_dir: Path, warn=None) -> list[dict]:
     """All complete rows of a run, the latest of each key; lines that are not rows are quarantined.
 
@@ -70,7 +73,8 @@ def read_rows(run_dir: Path, warn=None) -> list[dict]:
                 bad.append(line)
                 continue
             rows[row_key(row)] = row
-    if bad:
+    if bad and (str(path), len(bad)) not in _WARNED:
+        _WARNED.add((str(path), len(bad)))  # said once per process, however often the rows are read
         side = Path(run_dir) / QUARANTINE
         try:
             side.write_bytes(b"".join(bad))

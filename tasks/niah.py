@@ -102,6 +102,7 @@ class NeedleInAHaystack(Task):
             boundaries = starts + [budget]
             at = _nearest(boundaries, depth * budget)
             ids = prefix + hay[:at] + needle + hay[at:] + question
+            self.check_known(tokenizer, ids + tokenizer.piece(value), "a prompt or its answer")
             offset = len(prefix) + at
             out.append(Sample(
                 id=f"niah/L{length}/d{depth:g}/s{i}",

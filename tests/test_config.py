@@ -122,6 +122,18 @@ def test_bad_files_and_values_are_one_line_errors(tmp_path, write_config):
         assert "card.json" in err(["run", str(write_config(data)), "--dry-run"])
 
 
+def test_dry_run_refuses_what_the_run_would(write_config):
+    def err(data):
+        res = CliRunner().invoke(main, ["run", str(write_config(data)), "--dry-run"])
+        assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
+        return res.stderr
+
+    short = mutate("tasks.niah.lengths", [10, 64])
+    assert "tasks.niah.lengths: 10 tokens cannot hold the needle" in err(short)
+    tiny_train = mutate("models.m.train.train_length", 12)
+    assert "models.m.train.train_length: too short for task niah" in err(tiny_train)
+
+
 def test_not_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("run: [unclosed\n")

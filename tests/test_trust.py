@@ -142,3 +142,48 @@ def test_two_processes_share_one_training(tmp_path):
     paths = {p.communicate(timeout=300)[0].strip() for p in procs}
     assert all(p.returncode == 0 for p in procs) and len(paths) == 1
     assert log.read_text().count("trained") == 1
+
+
+def test_ctrl_c_anywhere_exits_130(quickstart_rotary, write_config, tmp_path, monkeypatch):
+    import lceval.config
+    import lceval.report
+
+    cfg = write_config(tiny(quickstart_rotary))
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lceval.config, "load_config", interrupt)  # before the store opens
+    res = run([cfg, "--out", tmp_path / "a"])
+    assert res.exit_code == 130 and "run the same command again" in res.stderr
+    monkeypatch.undo()
+    monkeypatch.setattr(lceval.report, "build_report", interrupt)  # while the report is built
+    res = run([cfg, "--out", tmp_path / "b"])
+    assert res.exit_code == 130 and len(read_rows(tmp_path / "b")) == 8  # the rows are kept
+
+
+def test_a_file_size_limit_is_a_clean_error_and_keeps_rows(quickstart_rotary, write_config, tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    data = tiny(quickstart_rotary)
+    data["run"]["batch_size"] = 1
+    cfg = write_config(data)
+    out = tmp_path / "r"
+    assert run([cfg, "--out", tmp_path / "sizes"]).exit_code == 0
+    row = max(len(x) for x in (tmp_path / "sizes" / "results.jsonl").read_bytes().splitlines()) + 1
+    biggest = max((tmp_path / "sizes" / f).stat().st_size for f in ("manifest.json", "models.json"))
+    cap = biggest + int(2.5 * row)  # the limit is per file: the manifest fits, results.jsonl fills up before the end
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (cap, cap))
+
+    res = subprocess.run([sys.executable, "-m", "lceval.cli", "run", str(cfg), "--out", str(out), "--no-progress"],
+                         capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert res.returncode == 2, res.stderr
+    assert "file too large (EFBIG)" in res.stderr and "Traceback" not in res.stderr
+    kept = read_rows(out)
+    assert 0 < len(kept) < 8 and len(kept) <= cap // (row - 40)  # whole rows only; a torn tail is dropped
+    res = run([cfg, "--out", out])  # without the limit the run resumes and finishes
+    assert res.exit_code == 0 and len(read_rows(out)) == 8

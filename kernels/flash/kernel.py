@@ -69,8 +69,8 @@ def attention_fwd_kernel(
     MODE: tl.constexpr, CAUSAL: tl.constexpr, RETURN_LSE: tl.constexpr, LUT_H: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_m = tl.program_id(0).to(tl.int64)  # 64-bit: offsets pass 2**31 elements
+    pid_bh = tl.program_id(1).to(tl.int64)  # 64-bit: offsets pass 2**31 elements
     b = pid_bh // H
     h = pid_bh % H
     hk = h // GROUP  # grouped-query: key/value head of this query head

@@ -50,9 +50,9 @@ def chunk_state_kernel(
     FEATURE: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """STATE[b, h, c, :, dv] = phi(K_c)^T V_c[:, dv]; Z[b, h, c, :] = sum phi(K_c) (dv tile 0 writes it)."""
-    c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    pid_dv = tl.program_id(2)
+    c = tl.program_id(0).to(tl.int64)  # 64-bit: offsets pass 2**31 elements
+    pid_bh = tl.program_id(1).to(tl.int64)  # 64-bit: offsets pass 2**31 elements
+    pid_dv = tl.program_id(2).to(tl.int64)  # 64-bit: offsets pass 2**31 elements
     b = pid_bh // H_KV
     h = pid_bh % H_KV
     rows = c * CHUNK + tl.arange(0, CHUNK)
@@ -84,9 +84,9 @@ def chunk_output_kernel(
     FEATURE: tl.constexpr, CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """One query chunk: prefix state (STATE/Z hold each chunk's prefix, or the total if not causal) + intra term."""
-    c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    pid_dv = tl.program_id(2)
+    c = tl.program_id(0).to(tl.int64)  # 64-bit: offsets pass 2**31 elements
+    pid_bh = tl.program_id(1).to(tl.int64)  # 64-bit: offsets pass 2**31 elements
+    pid_dv = tl.program_id(2).to(tl.int64)  # 64-bit: offsets pass 2**31 elements
     b = pid_bh // H
     h = pid_bh % H
     hk = h // GROUP

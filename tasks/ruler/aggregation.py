@@ -37,9 +37,23 @@ def _words_of(*templates: str) -> set[str]:
 
 
 class _WordCount(Task):
+    """A list of made-up words, then a question whose answer is the n most frequent ones."""
+
     metric = "string_match_all"
     group_by = ()
     distance_key = None
+    HEAD: str
+    QUESTION: str
+
+    def n_answers(self) -> int:
+        raise NotImplementedError
+
+    def vocabulary(self):
+        fixed = _words_of(self.HEAD, self.QUESTION) | {".", "?", ":", str(self.n_answers())}
+        return sorted(fixed) + self.words
+
+    def _frame_for(self, tokenizer, length):
+        return self._frame(tokenizer, self.HEAD, self.QUESTION.format(n=self.n_answers()), length)
 
     def __init__(self, config, seed: int = 0):
         super().__init__(config, seed)
@@ -102,8 +116,8 @@ class _WordCount(Task):
         return out
 
     def training_example(self, rng, length, tokenizer) -> TrainingExample:
-        room = 2 * self._answer_words() + 1
-        ids, refs, _ = self._build(rng, tokenizer, length - room, training=True)
+        room = 2 * self.n_answers() + 1
+        ids, refs, _ = self._build(rng, tokenizer, length - room)
         answer = [t for r in refs for t in tokenizer.piece(r)] + tokenizer.piece(".")
         return TrainingExample(ids=ids + answer, label_positions=list(range(len(ids) - 1, len(ids) - 1 + len(answer))),
                                labels=answer)
@@ -132,17 +146,15 @@ class CommonWords(_WordCount):
     Config = CWEConfig
     config: CWEConfig
     max_new_tokens = 120  # RULER's budget for cwe
+    HEAD, QUESTION = CWE_HEAD, CWE_QUESTION
 
-    def vocabulary(self):
-        return sorted(_words_of(CWE_HEAD, CWE_QUESTION) | {".", "?", ":", str(self.config.num_common)}) + self.words
-
-    def _answer_words(self):
+    def n_answers(self):
         return self.config.num_common
 
-    def _build(self, rng, tokenizer, length, training=False):
+    def _build(self, rng, tokenizer, length):
         c = self.config
         n_common = c.num_common
-        prefix, q, word_ids, budget, words = self._frame(tokenizer, CWE_HEAD, CWE_QUESTION.format(n=n_common), length)
+        prefix, q, word_ids, budget, words = self._frame_for(tokenizer, length)
         fc, fu = c.freq_common, c.freq_uncommon
         n_unc = len(self.words) - n_common
         while words - n_common * fc > n_unc * fu:  # the pool is too small: scale both frequencies
@@ -177,16 +189,14 @@ class FrequentWords(_WordCount):
     Config = FWEConfig
     config: FWEConfig
     max_new_tokens = 50  # RULER's budget for fwe
+    HEAD, QUESTION = FWE_HEAD, FWE_QUESTION
 
-    def vocabulary(self):
-        return sorted(_words_of(FWE_HEAD, FWE_QUESTION) | {".", "?", ":", str(self.config.top)}) + self.words
-
-    def _answer_words(self):
+    def n_answers(self):
         return self.config.top
 
-    def _build(self, rng, tokenizer, length, training=False):
+    def _build(self, rng, tokenizer, length):
         c = self.config
-        prefix, q, word_ids, budget, words = self._frame(tokenizer, FWE_HEAD, FWE_QUESTION.format(n=c.top), length)
+        prefix, q, word_ids, budget, words = self._frame_for(tokenizer, length)
         ranks = np.arange(1, len(self.words) + 1, dtype=float)
         p = ranks**-c.alpha / (ranks**-c.alpha).sum()
         order = [int(i) for i in rng.permutation(len(self.words))]

@@ -141,3 +141,10 @@ def test_realized_depth_is_recorded_beside_the_requested_one():
         assert abs(real - asked) <= 0.15  # at most about one sentence away at 128 tokens
     short = [s for s in task.samples(tok) if len(s.input_ids) == 128 and s.meta["depth"] == 0.3]
     assert any(s.meta["realized_depth"] != 0.3 for s in short)  # sentence boundaries move it: recorded, not hidden
+
+
+def test_a_value_the_tokenizer_cannot_represent_is_an_error():
+    task = make_task(lengths=[64], depths=[0.5], samples=2)
+    tok = word_level([w for w in task.vocabulary() if not w.isdigit()])
+    with pytest.raises(UserError, match="cannot represent"):
+        task.samples(tok)
