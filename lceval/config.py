@@ -17,6 +17,7 @@ import yaml
 from lceval import registry
 from lceval.errors import ConfigError, UserError
 from lceval.models.checkpoint import is_complete, read_card
+from lceval.task import SafePath
 
 
 class Strict(pydantic.BaseModel):
@@ -94,7 +95,7 @@ class ModelSpec(Strict):
     """A model: ``type: reference`` with a ``checkpoint`` directory or a ``train`` recipe."""
 
     type: str = "reference"
-    checkpoint: Path | None = None
+    checkpoint: SafePath | None = None
     train: TrainRecipe | None = None
 
     @pydantic.model_validator(mode="after")

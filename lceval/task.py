@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import pydantic
@@ -64,6 +65,15 @@ class TaskConfig(pydantic.BaseModel):
                              "give each once")
         return v
 
+
+def _no_nul(v):
+    if "\x00" in str(v):
+        raise ValueError("a path cannot contain a NUL byte")
+    return v
+
+
+#: a filesystem path from a config (refused early when the OS could never open it)
+SafePath = Annotated[Path, pydantic.AfterValidator(_no_nul)]
 
 #: the longest context a task may ask for (2^24 tokens); larger values are a typo, not a study
 MAX_LENGTH = 1 << 24

@@ -55,18 +55,47 @@ class SentencePool:
         self.texts = texts
         self.ids = [tokenizer.piece(t) for t in texts]
         self.max_len = max(len(x) for x in self.ids)
+        self.last_cut = False
+        self._plans: dict[int, list[int] | None] = {}
 
     def fill(self, rng: np.random.Generator, budget: int) -> tuple[list[int], list[int]]:
-        """Exactly ``budget`` tokens of haystack and the sentence-start offsets in it.
+        """Exactly ``budget`` tokens of haystack, whole sentences, and the sentence-start offsets in it.
 
         Sentences follow the pool order from a random start (so repeated filler
-        keeps its cycle); the last one is cut to hit the budget exactly.
+        keeps its cycle). The last few are chosen by length so the total is exact;
+        only when no combination of the pool's sentence lengths fits is the last
+        sentence cut (``self.last_cut`` says so).
         """
         out: list[int] = []
         starts: list[int] = []
         i = int(rng.integers(len(self.ids)))
-        while len(out) < budget:
+        tail = 3 * self.max_len
+        while budget - len(out) > tail:
             starts.append(len(out))
             out.extend(self.ids[i % len(self.ids)])
             i += 1
-        return out[:budget], starts
+        plan = self._lengths_summing_to(budget - len(out))
+        self.last_cut = plan is None
+        if plan is None:  # no whole-sentence fill: cut the last one (as before)
+            while len(out) < budget:
+                starts.append(len(out))
+                out.extend(self.ids[i % len(self.ids)])
+                i += 1
+            return out[:budget], starts
+        for n in plan:  # the next sentences of the right lengths, in pool order
+            j = next(j for j in range(i, i + len(self.ids)) if len(self.ids[j % len(self.ids)]) == n)
+            starts.append(len(out))
+            out.extend(self.ids[j % len(self.ids)])
+            i = j + 1
+        return out, starts
+
+    def _lengths_summing_to(self, total: int) -> list[int] | None:
+        """Sentence lengths (from the pool's) adding up to ``total``, fewest first; None if impossible."""
+        if total not in self._plans:
+            lengths = sorted({len(x) for x in self.ids})
+            best: list[list[int] | None] = [[]] + [None] * total
+            for t in range(1, total + 1):
+                options = [best[t - n] + [n] for n in lengths if n <= t and best[t - n] is not None]
+                best[t] = min(options, key=len) if options else None
+            self._plans[total] = best[total]
+        return self._plans[total]

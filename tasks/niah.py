@@ -48,7 +48,7 @@ class NiahConfig(TaskConfig):
 
 class NeedleInAHaystack(Task):
     name = "niah"
-    version = "2"
+    version = "3"
     Config = NiahConfig
     config: NiahConfig
     metric = "exact_match"
@@ -110,7 +110,8 @@ class NeedleInAHaystack(Task):
                 references=[value],
                 answer_ids=tokenizer.piece(value),
                 meta={"depth": float(depth), "realized_depth": round(at / max(1, budget), 4), "needle_offset": offset,
-                      "distance": len(ids) - offset, "sample": i, "haystack": pool.kind},
+                      "distance": len(ids) - offset, "sample": i, "haystack": pool.kind,
+                      "sentence_cut": pool.last_cut},
             ))
         return out
 

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from lceval.cli import main
 from lceval.config import apply_overrides
+from lceval.errors import UserError
 
 BASE = {
     "run": {"name": "t", "seed": 0},
@@ -164,3 +165,37 @@ def test_dry_run_counts_cross_product(write_config):
     assert "m/full, m/flash" in res.output
     assert "samples to score: 24" in res.output  # 2 pairings x 6 cells x min(4, limit 2)
     assert "prompt tokens to process: 3,584" in res.output  # 2 x 2 x 2 x (64 + 128 + 256)
+
+
+WEIRD = [None, True, False, 0, -1, 1.5, 10**30, "", "x" * 300, "../..", [], {}, [True], [10**30], [0.5, 0.5],
+         {"name": "sparse", "block": 10**9}, "\x00", "caf\u00e9", [[1]], {"a": {"b": {}}}]
+PATHS = ["run.name", "run.seed", "run.batch_size", "run.device", "run.memory_budget_mb", "run.answer",
+         "models.m.type", "models.m.train", "models.m.train.position", "models.m.train.steps",
+         "models.m.train.train_length", "models.m.train.max_length", "models.m.train.n_heads",
+         "models.m.train.n_kv_heads", "models.m.train.tasks", "models.m.train.attention", "models.m.checkpoint",
+         "pairings", "pairings.0", "pairings.0.model", "pairings.0.attention", "pairings.0.label", "tasks",
+         "tasks.niah", "tasks.niah.lengths", "tasks.niah.depths", "tasks.niah.samples", "tasks.niah.haystack",
+         "tasks.vt", "tasks.cwe", "tasks.niah_multikey_1", "report", "report.threshold", "report.distance_bins"]
+
+
+def test_config_fuzzer_never_tracebacks(write_config):
+    """Seeded random mutations: every outcome is a dry run (exit 0) or one clean line (exit 2)."""
+    import random
+
+    rng = random.Random(20261122)
+    outcomes = {0: 0, 2: 0}
+    for i in range(120):
+        cfg = copy.deepcopy(BASE)
+        for _ in range(rng.randint(1, 3)):
+            value = yaml.safe_dump(rng.choice(WEIRD), default_flow_style=True).strip()
+            try:
+                cfg = apply_overrides(cfg, [f"{rng.choice(PATHS)}={value}"])
+            except UserError:  # the override itself may be refused (a key inside a value): a clean error too
+                pass
+        res = CliRunner().invoke(main, ["run", str(write_config(cfg, f"fuzz{i}.yaml")), "--dry-run"])
+        assert res.exit_code in (0, 2), (cfg, res.output, res.exception)  # an unexpected exception exits 1
+        assert "Traceback" not in res.output, cfg
+        if res.exit_code == 2:
+            assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("error: "), res.stderr
+        outcomes[res.exit_code] += 1
+    assert outcomes[2] > 60  # the mutations are mostly invalid, and every one is refused cleanly

@@ -81,6 +81,10 @@ def test_entry_point_task_runs(quickstart_rotary, write_config, tmp_path):
         by_attention.setdefault(r["attention"], {})[r["sample_id"]] = (r["correct"], round(r["answer_logprob"], 4))
     assert by_attention["full"] == by_attention["flash"]
 
+    dry = subprocess.run([sys.executable, "-m", "lceval.cli", "run", str(cfg), "--dry-run"], env=env,
+                         capture_output=True, text=True)
+    assert dry.returncode == 0 and "samples to score: 8" in dry.stdout, dry.stderr  # cells without a context length
+
     bad = subprocess.run([sys.executable, "-m", "lceval.cli", "run", str(cfg), "--dry-run",
                           "--set", "tasks.shortrecall.pairs=many"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "tasks.shortrecall.pairs" in bad.stderr

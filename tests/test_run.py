@@ -125,7 +125,7 @@ def test_changed_config_refused_on_same_dir(quickstart_rotary, write_config, tmp
     assert (tmp_path / "r" / "results.jsonl").read_bytes() == before  # nothing lost
     # report settings change no row: the run resumes (nothing to do) and the report uses them
     res = run_cli([cfg, "--out", tmp_path / "r", "--set", "report.threshold=10"])
-    assert res.exit_code == 0 and "already done: 36" in res.output
+    assert res.exit_code == 0 and "is complete (36 rows)" in res.output
     assert json.loads((tmp_path / "r" / "manifest.json").read_text())["config"]["report"]["threshold"] == 10
     assert "up to L scores >= 10 (absolute" in (tmp_path / "r" / "report" / "summary.md").read_text()
     res = CliRunner().invoke(main, ["report", str(tmp_path / "r"), "--threshold", "99.5"])

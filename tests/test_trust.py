@@ -187,3 +187,36 @@ def test_a_file_size_limit_is_a_clean_error_and_keeps_rows(quickstart_rotary, wr
     assert 0 < len(kept) < 8 and len(kept) <= cap // (row - 40)  # whole rows only; a torn tail is dropped
     res = run([cfg, "--out", out])  # without the limit the run resumes and finishes
     assert res.exit_code == 0 and len(read_rows(out)) == 8
+
+
+def _tmpfs(path, size):
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    return res.returncode == 0
+
+
+def test_disk_full_and_read_only_are_clean_errors(quickstart_rotary, write_config, tmp_path):
+    import subprocess
+
+    import pytest
+
+    full, ro = tmp_path / "full", tmp_path / "ro"
+    if not _tmpfs(full, "16k"):
+        pytest.skip("mounting a small tmpfs needs privileges this machine does not give")
+    try:
+        data = tiny(quickstart_rotary)
+        data["run"]["batch_size"] = 1
+        cfg = write_config(data)
+        res = run([cfg, "--out", full / "r"])
+        assert res.exit_code == 2 and "no space left on device (ENOSPC)" in res.stderr, res.output
+        kept = read_rows(full / "r")
+        assert len(kept) < 8 and all(r["status"] == "ok" for r in kept)
+        assert _tmpfs(ro, "64k")
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        res = run([cfg, "--out", ro / "r"])
+        assert res.exit_code == 2 and "read-only file system (EROFS)" in res.stderr and "Traceback" not in res.output
+    finally:
+        for p in (full, ro):
+            subprocess.run(["umount", str(p)], capture_output=True)

@@ -55,11 +55,12 @@ class LinearAttention(Attention):
     def __call__(self, q, k, v, causal=True, score_mod=None, scale=None) -> Tensor:
         self._refuse(score_mod)
         check_shapes(q, k, v)
-        if use_triton(q, k, v, score_mod):
+        c = self.params.chunk
+        if 16 <= c <= 256 and not c & (c - 1) and use_triton(q, k, v, score_mod):  # the kernel's chunk: a power of 2
             from lceval.kernels import linear_attention
 
             self.last_impl = "triton"
-            return linear_attention(q, k, v, feature_map=self.params.feature_map, causal=causal)
+            return linear_attention(q, k, v, feature_map=self.params.feature_map, causal=causal, chunk=c)
         B, H, T, D = q.shape
         S = k.shape[2]
         acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # state precision

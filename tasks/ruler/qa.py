@@ -17,7 +17,7 @@ from pathlib import Path
 import pydantic
 
 from lceval.errors import UserError
-from lceval.task import Length, Sample, Samples, Task, TaskConfig
+from lceval.task import Length, SafePath, Sample, Samples, Task, TaskConfig
 from lceval.tasks.haystack import REPEAT_WORDS, SentencePool
 from lceval.tasks.ruler.common import assemble, fill
 
@@ -58,7 +58,7 @@ def load_qa(path: Path) -> list[dict]:
 
 
 class QAConfig(TaskConfig):
-    path: Path
+    path: SafePath
     lengths: list[Length] = pydantic.Field(default=[256, 512], min_length=1)
     depths: list[pydantic.confloat(ge=0.0, le=1.0)] = pydantic.Field(default=[0.0, 0.5, 1.0], min_length=1)
     samples: Samples = 10
@@ -68,7 +68,7 @@ class QA(Task):
     """Question answering with the gold paragraph at a chosen depth among distractors."""
 
     name = "qa"
-    version = "1"
+    version = "2"
     Config = QAConfig
     config: QAConfig
     metric = "string_match_part"

@@ -38,7 +38,7 @@ class VTConfig(TaskConfig):
 
 class VariableTracking(Task):
     name = "vt"
-    version = "1"
+    version = "2"
     Config = VTConfig
     config: VTConfig
     metric = "string_match_all"

@@ -57,3 +57,18 @@ def test_run_records_triton_impl(quickstart_rotary, write_config, tmp_path, monk
     assert {r["impl"] for r in rows if r["attention"] == "flash"} == {"triton"}
     full = {r["sample_id"]: r["correct"] for r in rows if r["attention"] == "full"}
     assert full == {r["sample_id"]: r["correct"] for r in rows if r["attention"] == "flash"}
+
+
+def test_linear_chunk_is_honoured_or_the_torch_path_runs(monkeypatch):
+    import lceval.kernels
+
+    seen = []
+    real = lceval.kernels.linear_attention
+    monkeypatch.setattr(lceval.kernels, "linear_attention", lambda *a, **k: seen.append(k["chunk"]) or real(*a, **k))
+    monkeypatch.setenv("LCEVAL_TRITON", "force")
+    q = torch.randn(1, 2, 40, 16, generator=torch.Generator().manual_seed(40))
+    for chunk, impl in [(16, "triton"), (32, "triton"), (24, "torch.chunked"), (8, "torch.chunked")]:
+        attn = build_attention("linear", chunk=chunk)
+        attn(q, q, q, causal=True)
+        assert attn.last_impl == impl, chunk
+    assert seen == [16, 32]  # the configured chunk is the one the kernel ran with

@@ -148,3 +148,20 @@ def test_a_value_the_tokenizer_cannot_represent_is_an_error():
     tok = word_level([w for w in task.vocabulary() if not w.isdigit()])
     with pytest.raises(UserError, match="cannot represent"):
         task.samples(tok)
+
+
+@pytest.mark.parametrize("tok_name", ["word", "bpe"])
+def test_haystack_sentences_stay_whole(tok_name):
+    task = make_task(lengths=[100, 257, 1000], depths=[0.0, 0.5, 1.0], samples=3)
+    tok = TOKENIZERS[tok_name](task)
+    pool = task._pool(tok)
+    whole = {tuple(x) for x in pool.ids}
+    for s in task.samples(tok):
+        assert len(s.input_ids) == int(s.id.split("/")[1][1:])
+        assert s.meta["sentence_cut"] is False
+    rng = np.random.default_rng(0)
+    for budget in [37, 64, 129, 500]:
+        hay, starts = pool.fill(rng, budget)
+        assert len(hay) == budget and not pool.last_cut
+        bounds = starts + [budget]
+        assert all(tuple(hay[a:b]) in whole for a, b in zip(bounds, bounds[1:], strict=False))
