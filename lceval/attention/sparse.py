@@ -12,7 +12,10 @@ import torch
 from torch import Tensor
 
 from lceval.attention.base import Attention, use_triton
-from lceval.attention.core import MaskFn, blocked_attention, check_shapes, window_mask
+from lceval.attention.core import MaskFn, banded_attention, blocked_attention, check_shapes, window_mask
+
+#: largest score band (bytes) the banded path builds per step; beyond it the blocked engine runs
+BAND_BYTES = 64 * 2**20
 
 
 def _band_blocks(S: int, block: int, offset: int, lo_fn, hi_fn, mask: MaskFn, device):
@@ -56,10 +59,23 @@ class SlidingWindowAttention(Attention):
 
             self.last_impl = "triton"
             return sliding_window_attention(q, k, v, W, scale=scale, causal=causal)
-        block = max(32, min(512, W))
         mask = self.mask(causal)
+        offset = S - T
+        reach = W if causal else 2 * W - 1  # keys one query can see
+        block_q = 256 if W >= 256 else max(32, W)
+        band_bytes = q.shape[0] * q.shape[1] * block_q * (block_q + reach) * 4
+        if band_bytes <= BAND_BYTES:  # one contiguous key range per query block: matmul, softmax, matmul
+
+            def band(q0: int, q1: int) -> tuple[int, int]:
+                lo = max(0, q0 + offset - W + 1)
+                hi = min(S, q1 + offset if causal else q1 - 1 + offset + W)
+                return lo, hi
+
+            self.last_impl = "torch.banded"
+            return banded_attention(q, k, v, band=band, mask=mask, score_mod=score_mod, scale=scale, block_q=block_q)
+        block = max(32, min(512, W))  # very long windows or large batches: online softmax over key blocks
         hi = (lambda p: p) if causal else (lambda p: p + W - 1)
-        blocks = _band_blocks(S, block, S - T, lambda p: p - W + 1, hi, mask, q.device)
+        blocks = _band_blocks(S, block, offset, lambda p: p - W + 1, hi, mask, q.device)
         self.last_impl = "torch.blocked"
         return blocked_attention(q, k, v, key_blocks=blocks, mask=mask, score_mod=score_mod, scale=scale,
                                  block_q=block)

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import lceval.attention.sparse as sparse_mod
 from lceval.attention import build_attention
 
 
-def visited_keys(monkeypatch, name, params, T):
-    """Sum over query blocks of the key positions the blocked engine is asked to visit."""
+def visited_keys(monkeypatch, name, params, T, band_bytes=None):
+    """Sum over query blocks of the key positions the engine (blocked or banded) is asked to visit."""
     seen = {"keys": 0, "blocks": 0}
     real = sparse_mod.blocked_attention
+    real_band = sparse_mod.banded_attention
+
+    def band_spy(q, k, v, *, band, block_q, **kw):
+        def counted(q0, q1):
+            lo, hi = band(q0, q1)
+            seen["keys"] += max(0, hi - lo) * (q1 - q0)
+            seen["blocks"] += 1
+            return lo, hi
+
+        return real_band(q, k, v, band=counted, block_q=block_q, **kw)
 
     def spy(q, k, v, *, key_blocks, block_q, **kw):
         def counted(q0, q1):
@@ -24,18 +35,22 @@ def visited_keys(monkeypatch, name, params, T):
 
     with monkeypatch.context() as m:
         m.setattr(sparse_mod, "blocked_attention", spy)
+        m.setattr(sparse_mod, "banded_attention", band_spy)
+        if band_bytes is not None:
+            m.setattr(sparse_mod, "BAND_BYTES", band_bytes)
         q = torch.randn(1, 1, T, 16)
         build_attention(name, **params)(q, q, q, causal=True)
     return seen
 
 
-def test_sliding_window_work_grows_with_n_times_w(monkeypatch):
+@pytest.mark.parametrize("band_bytes", [None, 0], ids=["banded", "blocked"])
+def test_sliding_window_work_grows_with_n_times_w(monkeypatch, band_bytes):
     W, T = 64, 4096
-    seen = visited_keys(monkeypatch, "sliding_window", {"window": W}, T)
+    seen = visited_keys(monkeypatch, "sliding_window", {"window": W}, T, band_bytes)
     # each query row is offered at most its window plus one query block of slack
-    assert seen["keys"] <= T * (W + 64)
+    assert 0 < seen["keys"] <= T * (W + 64)
     # doubling the length doubles the work (quadratic work would quadruple it)
-    half = visited_keys(monkeypatch, "sliding_window", {"window": W}, T // 2)
+    half = visited_keys(monkeypatch, "sliding_window", {"window": W}, T // 2, band_bytes)
     assert 1.9 <= seen["keys"] / half["keys"] <= 2.1
 
 
