@@ -181,43 +181,57 @@ def blocked_attention(
     return torch.cat(outs, dim=2).to(q.dtype)
 
 
-# --- banded engine -----------------------------------------------------------------------
-def banded_attention(
+# --- gathered engine ---------------------------------------------------------------------
+KeySelect = Callable[[int, int], "slice | Tensor"]
+
+
+def gathered_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
     *,
-    band: Callable[[int, int], tuple[int, int]],
+    keys: KeySelect,
     mask: MaskFn | None,
     score_mod: ScoreMod | None = None,
     scale: float | None = None,
-    block_q: int = 256,
+    block_q: int = 128,
 ) -> Tensor:
-    """Attention where each query block sees one contiguous key range ``band(q0, q1) -> (lo, hi)``.
+    """Attention where each query block sees a chosen set of keys: ``keys(q0, q1)`` returns a
+    slice (a contiguous band: sliding windows) or an index tensor (gathered key blocks: sparse).
 
-    One matmul, one masked softmax and one matmul per query block: no online softmax, so far
-    fewer operations than the blocked engine for windows. Memory is O(block_q x (hi - lo)) per
-    step. 16-bit inputs are computed in float32 and rounded once.
+    Per query block, one fused masked attention (torch SDPA with a boolean mask) over just those
+    keys; with a score bias, or where a row sees no key, the explicit masked softmax instead.
+    Memory is O(block_q x keys per block) per step; work is proportional to the keys chosen.
+    16-bit inputs are computed in float32 on the explicit path and rounded once.
     """
     check_shapes(q, k, v)
     B, H, T, D = q.shape
     S = k.shape[2]
     offset = S - T
     kk, vv = repeat_kv(k, H), repeat_kv(v, H)
-    sc = default_scale(D, scale)
     outs = []
     for q0 in range(0, T, block_q):
         q1 = min(q0 + block_q, T)
-        lo, hi = band(q0, q1)
-        if hi <= lo:
+        sel = keys(q0, q1)
+        if isinstance(sel, slice):
+            kj = torch.arange(S, device=q.device)[sel][None, :]
+            kb, vb = kk[:, :, sel], vv[:, :, sel]
+        else:
+            kj = sel[None, :]
+            kb, vb = kk[:, :, sel], vv[:, :, sel]
+        if kj.shape[1] == 0:
             outs.append(q.new_zeros((B, H, q1 - q0, D)))
             continue
-        s = torch.matmul(_wide(q[:, :, q0:q1]) * sc, _wide(kk[:, :, lo:hi]).transpose(-1, -2))  # (B, H, bq, hi-lo)
         qi = positions(q0, q1, offset, q.device)[:, None]
-        kj = torch.arange(lo, hi, device=q.device)[None, :]
+        visible = mask(qi, kj) if mask is not None else torch.ones(qi.shape[0], kj.shape[1], dtype=torch.bool,
+                                                                   device=q.device)
+        if score_mod is None and bool(visible.any(-1).all()):
+            outs.append(torch.nn.functional.scaled_dot_product_attention(q[:, :, q0:q1], kb, vb, attn_mask=visible,
+                                                                         scale=scale))
+            continue
+        s = torch.matmul(_wide(q[:, :, q0:q1]) * default_scale(D, scale), _wide(kb).transpose(-1, -2))
         if score_mod is not None:
             s = score_mod(s, qi, kj)
-        if mask is not None:
-            s = s.masked_fill(~mask(qi, kj), float("-inf"))
-        outs.append(torch.matmul(safe_softmax(s), _wide(vv[:, :, lo:hi])).to(q.dtype))
+        s = s.masked_fill(~visible, float("-inf"))
+        outs.append(torch.matmul(safe_softmax(s), _wide(vb)).to(q.dtype))
     return torch.cat(outs, dim=2)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from lceval.attention.base import Attention, use_triton
-from lceval.attention.core import MaskFn, banded_attention, blocked_attention, check_shapes, window_mask
+from lceval.attention.core import MaskFn, blocked_attention, check_shapes, gathered_attention, window_mask
 
 #: largest score band (bytes) the banded path builds per step; beyond it the blocked engine runs
 BAND_BYTES = 64 * 2**20
@@ -62,17 +62,18 @@ class SlidingWindowAttention(Attention):
         mask = self.mask(causal)
         offset = S - T
         reach = W if causal else 2 * W - 1  # keys one query can see
-        block_q = 256 if W >= 256 else max(32, W)
+        block_q = 128 if W >= 128 else max(32, W)
         band_bytes = q.shape[0] * q.shape[1] * block_q * (block_q + reach) * 4
-        if band_bytes <= BAND_BYTES:  # one contiguous key range per query block: matmul, softmax, matmul
+        if band_bytes <= BAND_BYTES:  # one contiguous key range per query block, one fused masked attention
 
-            def band(q0: int, q1: int) -> tuple[int, int]:
+            def band(q0: int, q1: int) -> slice:
                 lo = max(0, q0 + offset - W + 1)
                 hi = min(S, q1 + offset if causal else q1 - 1 + offset + W)
-                return lo, hi
+                return slice(lo, max(lo, hi))
 
             self.last_impl = "torch.banded"
-            return banded_attention(q, k, v, band=band, mask=mask, score_mod=score_mod, scale=scale, block_q=block_q)
+            return gathered_attention(q, k, v, keys=band, mask=mask, score_mod=score_mod, scale=scale,
+                                      block_q=block_q)
         block = max(32, min(512, W))  # very long windows or large batches: online softmax over key blocks
         hi = (lambda p: p) if causal else (lambda p: p + W - 1)
         blocks = _band_blocks(S, block, offset, lambda p: p - W + 1, hi, mask, q.device)
@@ -159,6 +160,23 @@ class BlockSparseAttention(Attention):
             return block_sparse_attention(q, k, v, layout, b, causal=causal, scale=scale)
         mask = self.mask(causal)
         kbs = torch.arange((S + b - 1) // b)
+        group = max(1, min(8, 128 // b)) * b  # query blocks attended together (fewer, larger fused calls)
+        p = self.params
+        most_blocks = p.local_blocks + group // b + p.global_blocks + (len(kbs) // p.stride + 1 if p.stride else 0)
+        if q.shape[0] * q.shape[1] * group * most_blocks * b * 4 <= BAND_BYTES:  # else: the blocked engine
+
+            def keys(q0: int, q1: int):
+                p0, p1 = q0 + offset, q1 - 1 + offset
+                qbs = torch.arange(p0 // b, p1 // b + 1)
+                vis = self.block_visible(qbs[:, None], kbs[None, :], causal)  # (n_qb, n_kb)
+                cols = torch.nonzero(vis.any(0)).flatten()
+                if causal:
+                    cols = cols[cols * b <= p1]
+                idx = (cols[:, None] * b + torch.arange(b)[None, :]).flatten()
+                return idx[idx < S].to(q.device)
+
+            self.last_impl = "torch.gathered"
+            return gathered_attention(q, k, v, keys=keys, mask=mask, score_mod=score_mod, scale=scale, block_q=group)
 
         def blocks(q0: int, q1: int):
             p0, p1 = q0 + offset, q1 - 1 + offset  # absolute positions of the first/last query

@@ -225,3 +225,21 @@ def test_sliding_window_both_engines_equal_the_definition(monkeypatch, T, S, cau
     assert attn.last_impl == "torch.blocked"
     torch.testing.assert_close(banded.double(), want, **TOL)
     torch.testing.assert_close(blocked.double(), want, **TOL)
+
+
+@pytest.mark.parametrize("T,S,causal", [(1000, 1000, True), (7, 129, True), (129, 7, False), (20, 7, True)])
+@pytest.mark.parametrize("params", [{"block": 16, "local_blocks": 2, "global_blocks": 1},
+                                    {"block": 8, "local_blocks": 1, "global_blocks": 0, "stride": 3}], ids=["local", "stride"])
+def test_sparse_both_engines_equal_the_definition(monkeypatch, T, S, causal, params):
+    import lceval.attention.sparse as sparse_mod
+
+    q, k, v = rand(1, 4, 2, T, S, 32)
+    want = reference("sparse", params, q, k, v, causal)
+    attn = build_attention("sparse", **params)
+    gathered = attn(q, k, v, causal=causal)
+    assert attn.last_impl == "torch.gathered"
+    monkeypatch.setattr(sparse_mod, "BAND_BYTES", 0)
+    blocked = attn(q, k, v, causal=causal)
+    assert attn.last_impl == "torch.blocked"
+    torch.testing.assert_close(gathered.double(), want, **TOL)
+    torch.testing.assert_close(blocked.double(), want, **TOL)

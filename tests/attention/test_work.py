@@ -13,16 +13,17 @@ def visited_keys(monkeypatch, name, params, T, band_bytes=None):
     """Sum over query blocks of the key positions the engine (blocked or banded) is asked to visit."""
     seen = {"keys": 0, "blocks": 0}
     real = sparse_mod.blocked_attention
-    real_band = sparse_mod.banded_attention
+    real_gather = sparse_mod.gathered_attention
 
-    def band_spy(q, k, v, *, band, block_q, **kw):
+    def gather_spy(q, k, v, *, keys, block_q, **kw):
         def counted(q0, q1):
-            lo, hi = band(q0, q1)
-            seen["keys"] += max(0, hi - lo) * (q1 - q0)
+            sel = keys(q0, q1)
+            n = (sel.stop - sel.start) if isinstance(sel, slice) else len(sel)
+            seen["keys"] += n * (q1 - q0)
             seen["blocks"] += 1
-            return lo, hi
+            return sel
 
-        return real_band(q, k, v, band=counted, block_q=block_q, **kw)
+        return real_gather(q, k, v, keys=counted, block_q=block_q, **kw)
 
     def spy(q, k, v, *, key_blocks, block_q, **kw):
         def counted(q0, q1):
@@ -35,7 +36,7 @@ def visited_keys(monkeypatch, name, params, T, band_bytes=None):
 
     with monkeypatch.context() as m:
         m.setattr(sparse_mod, "blocked_attention", spy)
-        m.setattr(sparse_mod, "banded_attention", band_spy)
+        m.setattr(sparse_mod, "gathered_attention", gather_spy)
         if band_bytes is not None:
             m.setattr(sparse_mod, "BAND_BYTES", band_bytes)
         q = torch.randn(1, 1, T, 16)
@@ -43,7 +44,7 @@ def visited_keys(monkeypatch, name, params, T, band_bytes=None):
     return seen
 
 
-@pytest.mark.parametrize("band_bytes", [None, 0], ids=["banded", "blocked"])
+@pytest.mark.parametrize("band_bytes", [None, 0], ids=["gathered", "blocked"])
 def test_sliding_window_work_grows_with_n_times_w(monkeypatch, band_bytes):
     W, T = 64, 4096
     seen = visited_keys(monkeypatch, "sliding_window", {"window": W}, T, band_bytes)
@@ -57,11 +58,15 @@ def test_sliding_window_work_grows_with_n_times_w(monkeypatch, band_bytes):
 def test_sparse_work_proportional_to_visible_blocks(monkeypatch):
     params = {"block": 64, "local_blocks": 2, "global_blocks": 1}
     T = 4096
-    seen = visited_keys(monkeypatch, "sparse", params, T)
     n = T // 64
-    visible_blocks = int(build_attention("sparse", **params).layout(n).sum())
-    assert seen["blocks"] == visible_blocks  # exactly the layout's nonzero blocks
-    assert seen["keys"] == visible_blocks * 64 * 64
+    visible = int(build_attention("sparse", **params).layout(n).sum()) * 64 * 64  # (query, key) pairs it can see
+    blocked = visited_keys(monkeypatch, "sparse", params, T, band_bytes=0)
+    assert blocked["keys"] == visible  # the blocked engine visits exactly the layout's nonzero blocks
+    gathered = visited_keys(monkeypatch, "sparse", params, T)
+    # the gathered engine offers each pair of query blocks the union of their blocks: within 1.5x of the layout
+    assert visible <= gathered["keys"] <= 1.5 * visible
+    double = visited_keys(monkeypatch, "sparse", params, 2 * T)
+    assert 1.9 <= double["keys"] / gathered["keys"] <= 2.1  # linear in the length
 
 
 def test_plot_layout(tmp_path):
