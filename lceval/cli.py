@@ -151,6 +151,9 @@ def train(config, out, overrides, force, no_progress):
         raise UserError(f"{target} already holds a checkpoint; pass --force to replace it, or another --out")
     recipe = validate(TrainRecipe, data, "")
     check_recipe(recipe, "train")
+    from lceval.runner import use_threads
+
+    use_threads("auto")
     card = do_train(recipe, Path(target), progress=not no_progress)
     click.echo(f"trained in {card['train_seconds']} s; measured: {card['measured']}")
     click.echo(f"checkpoint: {target}")

@@ -129,6 +129,8 @@ class RunSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     memory_budget_mb: pydantic.PositiveInt = pydantic.Field(
         4096, description="largest score matrix a quadratic-memory variant may build")
+    threads: pydantic.PositiveInt | Literal["auto"] = pydantic.Field(
+        "auto", description="torch threads; auto: $OMP_NUM_THREADS if set, else the cores this process may use")
     answer: Literal["auto", "generate"] = pydantic.Field(
         "auto", description="auto: teacher forcing where it equals greedy decoding, else generation")
 

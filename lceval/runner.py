@@ -49,9 +49,9 @@ class RunSummary:
 
 def identity(resolved: Resolved, limit: int | None, models: dict[str, dict]) -> dict:
     """Everything that decides the rows: the config without settings that change no result
-    (report, run.name, run.batch_size), --limit, task versions, model contents, the lceval version."""
+    (report, run.name, run.batch_size, run.threads), --limit, task versions, model contents, the lceval version."""
     config = resolved.config.model_dump(mode="json", exclude={"report"})
-    config["run"] = {k: v for k, v in config["run"].items() if k not in ("name", "batch_size")}
+    config["run"] = {k: v for k, v in config["run"].items() if k not in ("name", "batch_size", "threads")}
     return {"config": config, "limit": limit,
             "task_versions": {name: registry.tasks.get(name).version for name in resolved.tasks},
             "models": {name: m.get("sha256") for name, m in models.items()},
@@ -60,6 +60,21 @@ def identity(resolved: Resolved, limit: int | None, models: dict[str, dict]) -> 
 
 def run_id(ident: dict) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def use_threads(setting: int | str = "auto") -> int:
+    """Set torch's intra-op threads: a number, or auto = $OMP_NUM_THREADS if set, else the cores this
+    process may run on (its CPU affinity, so `taskset` and container limits are honoured). Returns it."""
+    import os
+
+    if setting == "auto":
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        n = int(env) if env.isdigit() and int(env) > 0 else len(os.sched_getaffinity(0))
+    else:
+        n = int(setting)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
 
 
 def pick_device(name: str) -> str:
@@ -77,6 +92,7 @@ class Runner:
         self.limit = limit
         self.progress = progress
         self.retry_failed = retry_failed
+        self.threads = use_threads(resolved.config.run.threads)
         self.device = pick_device(resolved.config.run.device)
         self._adapters: dict[str, ModelAdapter] = {}
         self._samples: dict[tuple[str, str], list[Sample]] = {}

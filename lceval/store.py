@@ -190,8 +190,12 @@ class ResultsStore:
                             f"wait for it to finish or pass a different --out") from None
         pid_file = self.dir / (LOCK + ".pid")
         tmp = pid_file.with_suffix(".tmp")
-        tmp.write_text(str(os.getpid()))
-        tmp.replace(pid_file)
+        try:
+            tmp.write_text(str(os.getpid()))
+            tmp.replace(pid_file)
+        except OSError:
+            self.close()  # never leave the lock (and its file) open behind an error
+            raise
         self.rows: list[dict] = []
         self.done: set[tuple] = set()
         self.resumed = False
@@ -240,9 +244,12 @@ class ResultsStore:
         """Append rows (fsynced); a row for a key already present supersedes it (retries)."""
         if not rows:
             return
-        self._f.write("".join(json.dumps(r, default=float) + "\n" for r in rows))
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            self._f.write("".join(json.dumps(r, default=float) + "\n" for r in rows))
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as exc:  # name the file: "no space left on device (ENOSPC)" alone says too little
+            raise OSError(exc.errno, exc.strerror, str(self.dir / RESULTS)) from None
         latest = {row_key(r): r for r in rows}
         self.rows = [r for r in self.rows if row_key(r) not in latest] + list(latest.values())
         self.done.update(latest)
@@ -251,12 +258,19 @@ class ResultsStore:
         return {row_key(r): r["status"] for r in self.rows}
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-        if not self._lock.closed:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+        """Close the results file and release the lock; the lock is released even if closing fails
+        (a full disk fails again when the file's buffer is flushed)."""
+        try:
+            if self._f is not None:
+                f, self._f = self._f, None
+                try:
+                    f.close()
+                except OSError:
+                    pass  # the write that failed already raised; a torn tail is cut on the next open
+        finally:
+            if not self._lock.closed:
+                fcntl.flock(self._lock, fcntl.LOCK_UN)
+                self._lock.close()
 
     def __enter__(self):
         return self

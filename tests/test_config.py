@@ -74,6 +74,7 @@ CASES = [
     ("tasks.cwe", {"freq_common": 2, "freq_uncommon": 3}, "tasks.cwe", "freq_common must be larger"),
     ("tasks.qa", {"lengths": [64]}, "tasks.qa.path", "required key is missing"),
     ("run.answer", "beam", "run.answer", "'auto' or 'generate'"),
+    ("run.threads", 0, "run.threads", "greater than 0"),
 ]
 
 
@@ -169,7 +170,7 @@ def test_dry_run_counts_cross_product(write_config):
 
 WEIRD = [None, True, False, 0, -1, 1.5, 10**30, "", "x" * 300, "../..", [], {}, [True], [10**30], [0.5, 0.5],
          {"name": "sparse", "block": 10**9}, "\x00", "caf\u00e9", [[1]], {"a": {"b": {}}}]
-PATHS = ["run.name", "run.seed", "run.batch_size", "run.device", "run.memory_budget_mb", "run.answer",
+PATHS = ["run.name", "run.seed", "run.batch_size", "run.device", "run.memory_budget_mb", "run.answer", "run.threads",
          "models.m.type", "models.m.train", "models.m.train.position", "models.m.train.steps",
          "models.m.train.train_length", "models.m.train.max_length", "models.m.train.n_heads",
          "models.m.train.n_kv_heads", "models.m.train.tasks", "models.m.train.attention", "models.m.checkpoint",

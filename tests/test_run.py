@@ -254,3 +254,18 @@ def test_generation_and_teacher_forcing_give_the_same_rows_for_every_variant(qui
         rg = next(r for r in g if (r["pairing"], r["sample_id"]) == (ra["pairing"], ra["sample_id"]))
         if ra["score"] == 1.0:
             assert ra["prediction"] == rg["prediction"] == ra["references"][0]
+
+
+def test_threads_follow_the_setting_and_the_environment(monkeypatch):
+    from lceval.runner import use_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert use_threads("auto") == 1 and torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        cores = len(os.sched_getaffinity(0))
+        assert use_threads("auto") == cores and torch.get_num_threads() == cores
+        assert use_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -211,12 +211,15 @@ def test_disk_full_and_read_only_are_clean_errors(quickstart_rotary, write_confi
         cfg = write_config(data)
         res = run([cfg, "--out", full / "r"])
         assert res.exit_code == 2 and "no space left on device (ENOSPC)" in res.stderr, res.output
+        assert str(full / "r") in res.stderr  # the one line names the path
         kept = read_rows(full / "r")
         assert len(kept) < 8 and all(r["status"] == "ok" for r in kept)
+        assert subprocess.run(["umount", str(full)], capture_output=True).returncode == 0  # no file left open on it
         assert _tmpfs(ro, "64k")
         subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
         res = run([cfg, "--out", ro / "r"])
         assert res.exit_code == 2 and "read-only file system (EROFS)" in res.stderr and "Traceback" not in res.output
     finally:
         for p in (full, ro):
-            subprocess.run(["umount", str(p)], capture_output=True)
+            if subprocess.run(["umount", str(p)], capture_output=True).returncode:
+                subprocess.run(["umount", "-l", str(p)], capture_output=True)
