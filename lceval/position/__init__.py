@@ -99,12 +99,20 @@ class Rotary(PositionEncoding):
 
     name = "rotary"
 
+    def angles(self, offset: int, T: int, dh: int, device, dtype) -> tuple[Tensor, Tensor]:
+        """cos and sin (T, dh // 2) of positions offset..offset+T-1; the last ones are kept for the next layer."""
+        key = (offset, T, dh, device, dtype)
+        if getattr(self, "_angles", (None,))[0] != key:
+            half = dh // 2
+            inv = 1.0 / (10000.0 ** (torch.arange(half, device=device, dtype=torch.float32) / half))
+            ang = torch.arange(offset, offset + T, device=device, dtype=torch.float32)[:, None] * inv  # (T, half)
+            self._angles = (key, ang.cos().to(dtype), ang.sin().to(dtype))
+        return self._angles[1], self._angles[2]
+
     def rotate(self, q, k, offset=0):
         T, dh = q.shape[2], q.shape[3]
         half = dh // 2
-        inv = 1.0 / (10000.0 ** (torch.arange(half, device=q.device, dtype=torch.float32) / half))
-        ang = torch.arange(offset, offset + T, device=q.device, dtype=torch.float32)[:, None] * inv  # (T, half)
-        cos, sin = ang.cos().to(q.dtype), ang.sin().to(q.dtype)
+        cos, sin = self.angles(offset, T, dh, q.device, q.dtype)
 
         def rot(x):  # (B, H, T, dh)
             x1, x2 = x[..., :half], x[..., half : 2 * half]
