@@ -3,6 +3,16 @@
 >>> from lceval.attention import build_attention
 >>> attn = build_attention("full")
 >>> out = attn(q, k, v, causal=True)   # q (B,H,T,D); k, v (B,H_kv,S,D) -> (B,H,T,D)
+
+Attention capture (``lceval.attention.capture``): the normalized weights of
+chosen query rows, per layer and head, recorded during a model's forward pass
+for every variant (linear: its explicit normalized phi(q).phi(k) matrix), in
+O(rows x S) memory:
+
+>>> from lceval.attention.capture import capturing
+>>> with capturing(model, rows=[120, 121]) as cap:
+...     model.hidden(ids)
+>>> cap.weights[layer]                 # (B, H, 2, S); cap.stacked(): (L, B, H, 2, S)
 """
 
 from __future__ import annotations

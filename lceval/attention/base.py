@@ -22,7 +22,8 @@ class Attention:
 
     ``attn(q, k, v, causal=True)`` returns (B, H, T, D);
     ``attn.weights(q, k, v, causal=True, rows=slice(a, b))`` returns the
-    normalized weights (B, H, b - a, S) of those query rows.
+    normalized weights (B, H, b - a, S) of those query rows (``rows`` may also
+    be a list or tensor of row numbers); memory O(rows x S).
     ``attn.last_impl`` names the implementation the last call ran.
     """
 
@@ -65,7 +66,7 @@ class Attention:
         kk, vv = cache.append(k, v)
         return self(q, kk, vv, causal=True, score_mod=score_mod, scale=scale)
 
-    def weights(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = True, rows: slice | None = None,
+    def weights(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = True, rows=None,
                 score_mod: ScoreMod | None = None, scale: float | None = None) -> Tensor:
         s = dense_scores(q, k, mask=self.mask(causal), score_mod=score_mod, scale=scale, rows=rows)
         return safe_softmax(s).to(q.dtype)

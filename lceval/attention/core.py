@@ -77,6 +77,16 @@ def safe_softmax(scores: Tensor) -> Tensor:
 
 
 # --- dense oracle -----------------------------------------------------------------------
+def row_index(rows, T: int, device) -> Tensor:
+    """Query rows as an index tensor: None (all), a slice, or a sequence / tensor of row numbers."""
+    if rows is None or isinstance(rows, slice):
+        return torch.arange(*(rows or slice(None)).indices(T), device=device)
+    idx = torch.as_tensor(rows, dtype=torch.long, device=device).flatten()
+    if len(idx) and (idx.min() < 0 or idx.max() >= T):
+        raise ValueError(f"query rows must lie in 0..{T - 1}")
+    return idx
+
+
 def dense_scores(
     q: Tensor,
     k: Tensor,
@@ -84,16 +94,16 @@ def dense_scores(
     mask: MaskFn | None,
     score_mod: ScoreMod | None,
     scale: float | None,
-    rows: slice | None = None,
+    rows=None,
 ) -> Tensor:
-    """Masked, modded raw scores (B, H, T', S) for query rows ``rows`` (all by default)."""
+    """Masked, modded raw scores (B, H, T', S) for query rows ``rows`` (all by default; a slice or row numbers)."""
     check_shapes(q, k, k)
     T, S = q.shape[2], k.shape[2]
-    start, stop, _ = (rows or slice(None)).indices(T)
-    qr = _wide(q[:, :, start:stop])
+    idx = row_index(rows, T, q.device)  # (T',)
+    qr = _wide(q[:, :, idx])
     kk = _wide(repeat_kv(k, q.shape[1]))
     s = torch.matmul(qr, kk.transpose(-1, -2)) * default_scale(q.shape[-1], scale)  # (B,H,T',S)
-    qi = positions(start, stop, S - T, q.device)[:, None]
+    qi = (idx + (S - T))[:, None]
     kj = torch.arange(S, device=q.device)[None, :]
     if score_mod is not None:
         s = score_mod(s, qi, kj)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lceval.attention.base import Attention, use_triton
-from lceval.attention.core import check_shapes, repeat_kv
+from lceval.attention.core import check_shapes, repeat_kv, row_index
 
 FEATURE_MAPS = {
     "elu1": lambda x: F.elu(x) + 1,
@@ -45,10 +45,10 @@ class LinearAttention(Attention):
         self._refuse(score_mod)
         check_shapes(q, k, v)
         T, S = q.shape[2], k.shape[2]
-        start, stop, _ = (rows or slice(None)).indices(T)
-        a = self.phi(q[:, :, start:stop]) @ self.phi(repeat_kv(k, q.shape[1])).transpose(-1, -2)  # (B,H,r,S)
+        idx = row_index(rows, T, q.device)
+        a = self.phi(q[:, :, idx]) @ self.phi(repeat_kv(k, q.shape[1])).transpose(-1, -2)  # (B,H,r,S)
         if causal:
-            qi = torch.arange(start, stop, device=q.device)[:, None] + (S - T)
+            qi = idx[:, None] + (S - T)
             a = a * (torch.arange(S, device=q.device)[None, :] <= qi)
         return self._ratio(a, a.sum(-1, keepdim=True)).to(q.dtype)
 

@@ -83,6 +83,8 @@ class SelfAttention(nn.Module):
         k, v = self.kv(x).view(B, T, 2, self.h_kv, self.dh).permute(2, 0, 3, 1, 4)  # (B, H_kv, T, Dh)
         q, k = model.position.rotate(q, k, offset)
         mod = model.position.score_mod()
+        if model.capture is not None:  # normalized weights of chosen rows, for alignment and probing
+            model.capture.record(self.layer, model.attention, q, k, v, score_mod=mod)
         if cache is None:
             y = model.attention(q, k, v, causal=True, score_mod=mod)  # (B, H, T, Dh)
         else:
@@ -112,6 +114,7 @@ class ReferenceTransformer(nn.Module):
         super().__init__()
         self.arch = arch
         self.attention = attention
+        self.capture = None  # an lceval.attention.capture.Capture while one is active
         self.embed = nn.Embedding(arch.vocab_size, arch.d_model)
         self.position: PositionEncoding = build_position(arch.position, arch.d_model, arch.n_heads, arch.max_length)
         self.blocks = nn.ModuleList(Block(arch, self, i) for i in range(arch.n_layers))
