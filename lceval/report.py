@@ -458,7 +458,8 @@ def build_report(run_dir: Path, threshold: float | None = None) -> Path:
     if ruler is not None:
         sections.append(("All tasks (RULER table: mean over tasks)", ruler))
     for task, t in summary.groupby("task", sort=False):
-        untested = [c for c in t.columns if isinstance(c, int) and t[c].isna().all()]  # lengths this task never ran
+        tested = set(df.loc[df["task"] == task, "context_length"].astype(int))  # rows of any status, run or not
+        untested = [c for c in t.columns if isinstance(c, int) and c not in tested]
         sections.append((task, t.drop(columns=["task", *untested])))
     if not agree.empty:
         sections.append(("Agreement with the oracle (per sample)", agree))

@@ -114,3 +114,16 @@ def test_labels_in_any_script_render_without_glyph_warnings(tmp_path, recwarn):
     curve_plot(t, "context_length", "Длина", "tokens", tmp_path / "c.png", log=True)
     assert (tmp_path / "c.png").stat().st_size > 1000
     assert not [w for w in recwarn if "Glyph" in str(w.message)]
+
+
+def test_a_length_no_pairing_could_run_keeps_its_column(tmp_path):
+    import json
+
+    from lceval.report import build_report
+
+    rows_ = rows([(64, 0.5, 1.0, "ok")] * 4 + [(128, 0.5, 0.0, "unsupported_length")] * 4, pairing="learned/flash")
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_))
+    (tmp_path / "manifest.json").write_text(json.dumps(MANIFEST))
+    md = build_report(tmp_path).read_text()
+    assert "| pairing | 64 | 128 | mean |" in md  # the length that could not run is shown, not dropped
+    assert "| learned/flash | 100.0 | - | - |" in md  # its cell is empty and the mean is not over half a grid
