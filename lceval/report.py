@@ -487,7 +487,8 @@ def _html(path: Path, name: str, rules: str, sections, images, footer: str, deta
     parts = [f"<!doctype html><meta charset='utf-8'><title>lceval: {html.escape(name)}</title>",
              "<style>body{font-family:sans-serif;max-width:1150px;margin:2em auto;line-height:1.4}"
              "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 8px;"
-             "text-align:right}img{max-width:100%}.rules{background:#f6f6f6;padding:.6em 1em}</style>",
+             "text-align:right;white-space:nowrap}td:first-child,th:first-child{text-align:left}"
+             "img{max-width:100%}.rules{background:#f6f6f6;padding:.6em 1em}summary{cursor:pointer}</style>",
              f"<h1>lceval report: {html.escape(name)}</h1>", f"<p class='rules'>{html.escape(rules)}</p>"]
     for title, t in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>")
