@@ -54,3 +54,35 @@ def score_text(name: str, prediction: str, references: Sequence[str]) -> float:
     if name not in METRICS:
         raise ValueError(f"unknown text metric {name!r}; choose one of {', '.join(METRICS)}")
     return METRICS[name](prediction, references)
+
+
+# --- word alignment (Och & Ney 2003) -------------------------------------------------------
+Link = tuple[int, int]  # (source word, target word), zero-based
+
+
+def alignment_counts(predicted: set[Link], sure: set[Link], possible: set[Link]) -> dict[str, int]:
+    """The four counts AER is made of, for one sentence pair. ``possible`` includes ``sure`` (it is
+    made to: a sure link is always possible)."""
+    possible = set(possible) | set(sure)
+    return {"a": len(predicted), "s": len(sure), "a_and_s": len(predicted & set(sure)),
+            "a_and_p": len(predicted & possible)}
+
+
+def aer(counts: dict[str, int]) -> dict[str, float]:
+    """AER = 1 - (|A n S| + |A n P|) / (|A| + |S|), precision |A n P| / |A|, recall |A n S| / |S|.
+
+    ``counts`` are summed over every sentence pair of a cell first: AER is a ratio of sums,
+    not a mean of per-sentence ratios. No prediction at all gives precision nan, recall 0 and AER 1.
+    """
+    a, s, a_s, a_p = counts["a"], counts["s"], counts["a_and_s"], counts["a_and_p"]
+    nan = float("nan")
+    return {"aer": 1.0 - (a_s + a_p) / (a + s) if a + s else nan,
+            "precision": a_p / a if a else nan, "recall": a_s / s if s else nan}
+
+
+def sum_counts(many) -> dict[str, int]:
+    out = {"a": 0, "s": 0, "a_and_s": 0, "a_and_p": 0}
+    for c in many:
+        for key in out:
+            out[key] += c[key]
+    return out

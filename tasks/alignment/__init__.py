@@ -1,0 +1,1 @@
+"""Translation alignment: a synthetic language pair with gold word links, Pharaoh I/O."""

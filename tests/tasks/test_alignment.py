@@ -1,0 +1,108 @@
+"""Alignment building blocks: AER by hand, Pharaoh I/O, a grammar whose gold links point at the right words."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lceval.errors import UserError
+from lceval.metrics import aer, alignment_counts, sum_counts
+from lceval.tasks.alignment.grammar import ADJECTIVES, ARTICLES, BARE, NOUNS, VERBS, feminine, sentence
+from lceval.tasks.alignment.pharaoh import Gold, format_line, parse_line, read_pharaoh, write_pharaoh
+
+
+def test_aer_sure_only_by_hand():
+    sure = {(0, 0), (1, 2), (2, 1)}
+    c = alignment_counts({(0, 0), (1, 2), (2, 2)}, sure, set())
+    assert c == {"a": 3, "s": 3, "a_and_s": 2, "a_and_p": 2}
+    r = aer(c)
+    assert r["aer"] == pytest.approx(1 - 4 / 6) and r["precision"] == pytest.approx(2 / 3)
+    assert r["recall"] == pytest.approx(2 / 3)
+
+
+def test_aer_with_possible_links_by_hand():
+    sure, possible = {(0, 0), (3, 3)}, {(1, 1), (1, 2)}
+    predicted = {(0, 0), (1, 2), (2, 2)}  # one sure, one possible, one wrong
+    c = alignment_counts(predicted, sure, possible)
+    assert c == {"a": 3, "s": 2, "a_and_s": 1, "a_and_p": 2}
+    r = aer(c)
+    assert r["aer"] == pytest.approx(1 - (1 + 2) / (3 + 2))  # 0.4
+    assert r["precision"] == pytest.approx(2 / 3) and r["recall"] == pytest.approx(1 / 2)
+    perfect = aer(alignment_counts(sure | {(1, 1)}, sure, possible))
+    assert perfect["aer"] == 0.0  # sure links plus possible ones: no error
+
+
+def test_aer_empty_prediction_and_ratio_of_sums():
+    empty = aer(alignment_counts(set(), {(0, 0)}, set()))
+    assert empty["aer"] == 1.0 and empty["recall"] == 0.0 and math.isnan(empty["precision"])
+    a = alignment_counts({(0, 0)}, {(0, 0)}, set())  # perfect, 1 link
+    b = alignment_counts({(0, 1), (1, 0), (2, 2)}, {(0, 0), (1, 1), (2, 2)}, set())  # 1 of 3
+    pooled = aer(sum_counts([a, b]))["aer"]
+    assert pooled == pytest.approx(1 - (2 + 2) / (4 + 4))  # 0.5, a ratio of sums
+    assert pooled != pytest.approx((aer(a)["aer"] + aer(b)["aer"]) / 2)  # not the mean of ratios (1/3)
+
+
+def test_pharaoh_round_trip(tmp_path):
+    golds = [Gold({(0, 0), (2, 1)}, {(1, 1)}), Gold(), Gold({(3, 4)}, {(3, 4), (0, 2)})]
+    path = tmp_path / "gold.txt"
+    write_pharaoh(path, golds)
+    assert path.read_text().splitlines()[0] == "0-0 1p1 2-1"
+    back = read_pharaoh(path)
+    assert [(g.sure, g.possible) for g in back] == [(g.sure, g.possible) for g in golds]
+    assert back[2].possible == {(3, 4), (0, 2)}  # sure links are possible too
+    assert format_line(parse_line("2p0 0-1")) == "0-1 2p0"
+
+
+@pytest.mark.parametrize("line", ["0-1 2x3", "1-", "a-b", "0 - 1"])
+def test_malformed_gold_line_names_file_and_line(tmp_path, line):
+    path = tmp_path / "gold.txt"
+    path.write_text("0-0 1-1\n" + line + "\n")
+    with pytest.raises(UserError, match=r"gold.txt line 2: .* is not a Pharaoh link"):
+        read_pharaoh(path)
+    with pytest.raises(UserError, match="not found"):
+        read_pharaoh(tmp_path / "missing.txt")
+
+
+def translations() -> set[tuple[str, str]]:
+    """Every (source word, target word) pair a link may join."""
+    pairs = {(n, t) for n, (t, _) in NOUNS.items()} | {(d, t) for (d, _), t in ARTICLES.items()}
+    pairs |= {(a, t) for a, t in ADJECTIVES.items()} | {(a, feminine(t)) for a, t in ADJECTIVES.items()}
+    pairs |= {(v, t) for v, t in VERBS.items()} | {(BARE[v], t) for v, t in VERBS.items()}
+    pairs |= {("I", "je"), ("think", "pense"), ("not", "ne"), ("not", "pas"), ("tonight", "ce"), ("tonight", "soir"),
+              ("looks", "regarde"), ("look", "regarde"), ("at", "regarde"), (".", ".")}
+    return pairs
+
+
+def test_gold_links_point_at_the_right_words_and_every_phenomenon_occurs():
+    ok = translations()
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(300):
+        p = sentence(rng)
+        for i, j in p.gold.possible:
+            assert (p.source[i], p.target[j]) in ok, (p.source[i], p.target[j])
+        aligned_src = {i for i, _ in p.gold.possible}
+        aligned_tgt = {j for _, j in p.gold.possible}
+        if "does" in p.source:
+            assert p.source.index("does") not in aligned_src
+            seen.add("source word without counterpart")
+        if "que" in p.target:
+            assert p.target.index("que") not in aligned_tgt
+            seen.add("target word without counterpart")
+        if "not" in p.source:
+            js = sorted(j for i, j in p.gold.sure if p.source[i] == "not")
+            assert len(js) == 2 and js[1] - js[0] > 1  # ne ... pas, discontiguous
+            seen.add("discontiguous one-to-many")
+        if "at" in p.source:
+            j = p.target.index("regarde")
+            assert {p.source[i] for i, jj in p.gold.possible if jj == j} >= {"at"}
+            seen.add("many-to-one")
+        if any(i1 < i2 and j1 > j2 for i1, j1 in p.gold.sure for i2, j2 in p.gold.sure):
+            seen.add("reordering")
+        if any(w.endswith("e") and w[:-1] in ADJECTIVES.values() for w in p.target):
+            seen.add("agreement")
+        if "tonight" in p.source:
+            seen.add("one-to-many")
+    assert len(seen) == 7, seen
