@@ -122,4 +122,5 @@ def sentence(rng: np.random.Generator) -> Pair:
         b.link(i, b.t("ce"), sure=False)
         b.link(i, b.t("soir"))
     b.link(b.s("."), b.t("."))
+    b.gold.possible |= b.gold.sure  # every sure link is possible (S within P)
     return Pair(b.src, b.tgt, b.gold)

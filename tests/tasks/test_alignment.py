@@ -106,3 +106,59 @@ def test_gold_links_point_at_the_right_words_and_every_phenomenon_occurs():
         if "tonight" in p.source:
             seen.add("one-to-many")
     assert len(seen) == 7, seen
+
+
+def bpe_over(words):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from lceval.tokenizer import TextTokenizer
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [" ".join(words[i : i + 10]) + " ." for i in range(0, len(words), 10)] * 3
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=280, special_tokens=["<s>"],
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return TextTokenizer(tok, bos_id=tok.token_to_id("<s>"), name="bpe")
+
+
+@pytest.mark.parametrize("family", ["word", "bpe"])
+@pytest.mark.parametrize("layout", ["concatenated", "interleaved"])
+def test_documents_are_exact_and_links_decode_to_the_right_words(layout, family):
+    from lceval.tasks.alignment.document import build_document, vocabulary
+    from lceval.tokenizer import word_level
+
+    tok = word_level(vocabulary()) if family == "word" else bpe_over(vocabulary())
+    ok = translations()
+    rng = np.random.default_rng(1)
+    for length in (120, 333, 1000):
+        for depth in (0.0, 0.5, 1.0):
+            doc = build_document(rng, tok, length, depth, layout)
+            assert len(doc.ids) == length
+            if len(doc.pairs) > 1:  # one pair has one depth; the realized depth records it
+                assert abs(doc.depth - depth) <= 1 / (len(doc.pairs) - 1) / 2 + 1e-9
+            pair = doc.pairs[doc.focus]
+            src, tgt = doc.src_spans[doc.focus], doc.tgt_spans[doc.focus]
+            # every word's span decodes to that word
+            assert [tok.decode(doc.ids[a:b]).strip() for a, b in src] == pair.source
+            assert [tok.decode(doc.ids[a:b]).strip() for a, b in tgt] == pair.target
+            for i, j in pair.gold.possible:  # the gold links join a word and its translation
+                assert (tok.decode(doc.ids[slice(*src[i])]).strip(), tok.decode(doc.ids[slice(*tgt[j])]).strip()) in ok
+            sure, possible = doc.focus_links()
+            assert sure <= possible and len(sure) == len(pair.gold.sure)
+            gap = min(t for _, t in sure) - max(s for s, _ in sure)
+            if layout == "interleaved":
+                assert gap < 40  # the translation follows its source
+            else:  # every later source sentence lies between a target word and its source
+                later = sum(spans[-1][1] - spans[0][0] for spans in doc.src_spans[doc.focus + 1 :])
+                assert gap >= later
+
+
+def test_a_length_too_short_for_one_pair_is_a_clear_error():
+    from lceval.tasks.alignment.document import build_document, vocabulary
+    from lceval.tokenizer import word_level
+
+    with pytest.raises(UserError, match="cannot hold one sentence pair"):
+        build_document(np.random.default_rng(0), word_level(vocabulary()), 8, 0.5, "interleaved")
+    with pytest.raises(UserError, match="layout must be one of"):
+        build_document(np.random.default_rng(0), word_level(vocabulary()), 100, 0.5, "sideways")
