@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from lceval.task import Sample, Task
-from lceval.tokenizer import TextTokenizer
+from lceval.tokenizer import PIECE_METHOD, TextTokenizer
 
 FORMAT = "lceval-samples/1"
 
@@ -32,7 +32,7 @@ def cache_root() -> Path:
 def dataset_key(task: Task, tokenizer: TextTokenizer, limit: int | None) -> str:
     payload = {"format": FORMAT, "task": task.name, "version": task.version, "class": type(task).__qualname__,
                "config": task.config.model_dump(mode="json"), "seed": task.seed,
-               "tokenizer": tokenizer.fingerprint(), "limit": limit}
+               "tokenizer": tokenizer.fingerprint(), "pieces": PIECE_METHOD, "limit": limit}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 SPECIALS = ["[PAD]", "[UNK]", "[BOS]"]
+_ANCHOR = "."  # a neighbour for encoding a piece as it appears mid-text (see TextTokenizer.piece)
+PIECE_METHOD = "anchored/1"  # part of every sample-cache key: a change here regenerates cached samples
 
 
 class TextTokenizer:
@@ -40,8 +42,29 @@ class TextTokenizer:
         return ids
 
     def piece(self, text: str) -> list[int]:
-        """Ids of ``text`` as it appears inside running text (after a space)."""
-        return self.encode(" " + text)
+        """Ids of ``text`` as it appears inside running text, after a space.
+
+        Encoded as the tail of ``ANCHOR + " " + text`` after the anchor's own ids, so the
+        space is represented the way the tokenizer represents it mid-text (``Ġword`` for
+        byte-level BPE, ``▁word`` for SentencePiece, a plain word for WordPiece) and never as
+        a stray token of its own (encoding ``" " + text`` alone gives ``▁ ▁word`` with a
+        SentencePiece tokenizer). Pieces then concatenate to exactly the ids the tokenizer
+        produces for the whole text.
+        """
+        key = "\x00piece:" + text
+        ids = self._cache.get(key)
+        if ids is None:
+            anchor = self._anchor_ids()
+            both = self.encode(_ANCHOR + " " + text)
+            ids = both[len(anchor):] if both[: len(anchor)] == anchor else self.encode(" " + text)
+            if len(self._cache) < 200_000:
+                self._cache[key] = ids
+        return ids
+
+    def _anchor_ids(self) -> list[int]:
+        if getattr(self, "_anchor", None) is None:
+            self._anchor = self.encode(_ANCHOR)
+        return self._anchor
 
     def prefix(self) -> list[int]:
         return [] if self.bos_id is None else [self.bos_id]
