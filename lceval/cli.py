@@ -144,7 +144,7 @@ def train(config, out, overrides, force, no_progress):
 
     data = apply_overrides(read_yaml(config), list(overrides))
     in_file = data.pop("out", None)
-    target = out if out is not None else (Path(config).resolve().parent / str(in_file) if in_file else None)
+    target = out if out is not None else ((Path(config).resolve().parent / str(in_file)).resolve() if in_file else None)
     if target is None:
         raise UserError("no output directory: pass --out DIR or set 'out' in the recipe")
     if is_complete(target) and not force:
