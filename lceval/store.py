@@ -210,7 +210,10 @@ class ResultsStore:
         old = read_manifest(self.dir)
         foreign = [r for r in rows if r.get("run_id") != run_id]
         if foreign:
-            what = describe_change(old.get("identity", {}), manifest.get("identity", {}))
+            if all("run_id" not in r for r in foreign):
+                what = "they were written by an older lceval, before rows carried a run id"
+            else:
+                what = describe_change(old.get("identity", {}), manifest.get("identity", {}))
             self.close()
             raise UserError(f"{self.dir} holds {len(foreign)} rows from a different run ({what}); pass a new --out "
                             f"to start another run, or delete the directory to start over")

@@ -223,3 +223,16 @@ def test_disk_full_and_read_only_are_clean_errors(quickstart_rotary, write_confi
         for p in (full, ro):
             if subprocess.run(["umount", str(p)], capture_output=True).returncode:
                 subprocess.run(["umount", "-l", str(p)], capture_output=True)
+
+
+def test_rows_of_an_older_lceval_are_named_as_such(quickstart_rotary, write_config, tmp_path):
+    cfg = write_config(tiny(quickstart_rotary))
+    out = tmp_path / "r"
+    assert run([cfg, "--out", out]).exit_code == 0
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    (out / "results.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "run_id"}) + "\n"
+                                               for r in lines))
+    res = run([cfg, "--out", out])
+    assert res.exit_code == 2 and "older lceval" in res.stderr
+    rep = CliRunner().invoke(main, ["report", str(out)])  # the report still reads them
+    assert rep.exit_code == 0
