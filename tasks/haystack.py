@@ -99,3 +99,12 @@ class SentencePool:
                 best[t] = min(options, key=len) if options else None
             self._plans[total] = best[total]
         return self._plans[total]
+
+
+def pool_for(task, kind: str, tokenizer: TextTokenizer) -> SentencePool:
+    """The task's sentence pool of ``kind`` for ``tokenizer``, built once per task instance."""
+    pools = task.__dict__.setdefault("_sentence_pools", {})
+    key = (kind, tokenizer.fingerprint())
+    if key not in pools:
+        pools[key] = SentencePool(kind, tokenizer, seed=task.seed)
+    return pools[key]

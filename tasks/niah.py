@@ -21,7 +21,7 @@ import pydantic
 
 from lceval.errors import UserError
 from lceval.task import Length, Sample, Samples, Task, TaskConfig, TrainingExample
-from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool
+from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool, pool_for
 from lceval.tokenizer import TextTokenizer
 
 KEYS = [
@@ -58,7 +58,6 @@ class NeedleInAHaystack(Task):
 
     def __init__(self, config: NiahConfig, seed: int = 0):
         super().__init__(config, seed)
-        self._pools: dict[str, SentencePool] = {}
         self._values = [str(100 + i) for i in range(config.n_values)]
 
     # -- vocabulary and grid -----------------------------------------------------------
@@ -75,10 +74,7 @@ class NeedleInAHaystack(Task):
         return self.config.samples
 
     def _pool(self, tokenizer: TextTokenizer) -> SentencePool:
-        key = tokenizer.fingerprint()
-        if key not in self._pools:
-            self._pools[key] = SentencePool(self.config.haystack, tokenizer, seed=self.seed)
-        return self._pools[key]
+        return pool_for(self, self.config.haystack, tokenizer)
 
     # -- samples -----------------------------------------------------------------------
     def cell_samples(self, cell, tokenizer, n):

@@ -22,7 +22,7 @@ import pydantic
 
 from lceval.errors import UserError
 from lceval.task import Length, Sample, Samples, Task, TaskConfig, TrainingExample
-from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool
+from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool, pool_for
 from lceval.tasks.niah import KEYS
 from lceval.tasks.ruler.common import assemble, fill, numbers, preset, pseudo_words, uuids
 from lceval.tokenizer import TextTokenizer
@@ -68,10 +68,6 @@ class RulerNiah(Task):
     group_by = ("depth",)
     distance_key = "distance"
 
-    def __init__(self, config: RulerNiahConfig, seed: int = 0):
-        super().__init__(config, seed)
-        self._pools: dict[str, SentencePool] = {}
-
     # -- vocabulary --------------------------------------------------------------------
     def _values(self, kind: str, seed: int = 0) -> list[str]:
         """The pool of one kind; keys (seed 1) and values (seed 0) never share a uuid or number."""
@@ -97,11 +93,7 @@ class RulerNiah(Task):
         return self.config.samples
 
     def _pool(self, tokenizer: TextTokenizer) -> SentencePool:
-        kind = "repeat" if self.config.haystack == "noise" else "essay"
-        key = (kind, tokenizer.fingerprint())
-        if key not in self._pools:
-            self._pools[key] = SentencePool(kind, tokenizer, seed=self.seed)
-        return self._pools[key]
+        return pool_for(self, "repeat" if self.config.haystack == "noise" else "essay", tokenizer)
 
     # -- one prompt --------------------------------------------------------------------
     def _draw(self, rng: np.random.Generator, n_queries: int):

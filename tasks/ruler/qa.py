@@ -18,7 +18,7 @@ import pydantic
 
 from lceval.errors import UserError
 from lceval.task import Length, SafePath, Sample, Samples, Task, TaskConfig
-from lceval.tasks.haystack import REPEAT_WORDS, SentencePool
+from lceval.tasks.haystack import REPEAT_WORDS, pool_for
 from lceval.tasks.ruler.common import assemble, fill
 
 HEAD = "Answer the question using the documents below ."
@@ -76,10 +76,6 @@ class QA(Task):
     group_by = ("depth",)
     distance_key = "distance"
 
-    def __init__(self, config: QAConfig, seed: int = 0):
-        super().__init__(config, seed)
-        self._pools: dict[str, SentencePool] = {}
-
     @cached_property
     def items(self) -> list[dict]:
         return load_qa(self.config.path)
@@ -97,9 +93,7 @@ class QA(Task):
 
     def cell_samples(self, cell, tokenizer, n):
         length, depth = cell["context_length"], cell["depth"]
-        if tokenizer.fingerprint() not in self._pools:
-            self._pools[tokenizer.fingerprint()] = SentencePool("repeat", tokenizer, seed=self.seed)
-        pool = self._pools[tokenizer.fingerprint()]
+        pool = pool_for(self, "repeat", tokenizer)
         out = []
         for i in range(n):
             rng = self.rng(length, float(depth), i)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pydantic
 
 from lceval.task import Length, Sample, Samples, Task, TaskConfig, TrainingExample
-from lceval.tasks.haystack import REPEAT_WORDS, SentencePool
+from lceval.tasks.haystack import REPEAT_WORDS, pool_for
 from lceval.tasks.ruler.common import assemble, fill, numbers, pseudo_words
 
 STATEMENT = "VAR {name} = {value} ."
@@ -48,7 +48,6 @@ class VariableTracking(Task):
 
     def __init__(self, config: VTConfig, seed: int = 0):
         super().__init__(config, seed)
-        self._pools: dict[str, SentencePool] = {}
         self.names = variable_names(config.pool)
         self.values = numbers(config.pool, digits=5, seed=37)
 
@@ -62,10 +61,7 @@ class VariableTracking(Task):
         return self.config.samples
 
     def _pool(self, tokenizer):
-        key = tokenizer.fingerprint()
-        if key not in self._pools:
-            self._pools[key] = SentencePool("repeat", tokenizer, seed=self.seed)
-        return self._pools[key]
+        return pool_for(self, "repeat", tokenizer)
 
     def _build(self, rng, tokenizer, length, hops, chains):
         names = [self.names[i] for i in rng.choice(len(self.names), size=chains * (hops + 1), replace=False)]
