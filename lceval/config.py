@@ -16,7 +16,7 @@ import yaml
 
 from lceval import registry
 from lceval.errors import ConfigError, UserError
-from lceval.models.checkpoint import is_complete, read_card
+from lceval.models.checkpoint import ZOO_PREFIX, is_complete, read_card, zoo_path
 from lceval.task import SafePath
 
 
@@ -247,7 +247,12 @@ def resolve(data: dict, base_dir: Path) -> Resolved:
     cfg = validate(RunConfig, data, "")
     for name, spec in cfg.models.items():
         registry.models.get(spec.type, where=f"models.{name}.type")
-        if spec.checkpoint is not None and not spec.checkpoint.is_absolute():
+        if spec.checkpoint is not None and str(spec.checkpoint).startswith(ZOO_PREFIX):
+            try:
+                spec.checkpoint = zoo_path(spec.checkpoint)
+            except UserError as exc:
+                raise ConfigError(f"models.{name}.checkpoint", str(exc)) from None
+        elif spec.checkpoint is not None and not spec.checkpoint.is_absolute():
             spec.checkpoint = (base_dir / spec.checkpoint).resolve()
         if spec.type == "reference" and spec.checkpoint is not None:
             if not is_complete(spec.checkpoint):

@@ -1,4 +1,4 @@
-"""Shared fixtures: a trained quickstart model (trained once per session) and config helpers."""
+"""Shared fixtures: the quickstart's rotary model (shipped in lceval/zoo) and config helpers."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def quickstart_rotary(cache_dir) -> Path:
-    """The quickstart's rotary model, trained exactly as configs/quickstart.yaml says."""
+    """The quickstart's rotary model, as configs/quickstart.yaml names it (a shipped checkpoint)."""
     spec = ModelSpec.model_validate(read_yaml(QUICKSTART)["models"]["rotary"])
     adapter = ReferenceAdapter(spec, progress=False)
     adapter.prepare()

@@ -18,7 +18,7 @@ from torch import nn
 
 from lceval.attention import Attention
 from lceval.config import ModelSpec
-from lceval.models.checkpoint import is_complete, load_checkpoint
+from lceval.models.checkpoint import is_complete, load_checkpoint, zoo_path
 from lceval.tokenizer import TextTokenizer
 
 
@@ -73,7 +73,7 @@ class ReferenceAdapter(ModelAdapter):
     def prepare(self) -> None:
         if getattr(self, "model", None) is not None:
             return
-        path = self.spec.checkpoint or self.ensure_trained()
+        path = zoo_path(self.spec.checkpoint) if self.spec.checkpoint is not None else self.ensure_trained()
         self.path = Path(path)
         # hashed before loading, so what was loaded is what was hashed (load_checkpoint explains a missing file)
         self.content_hash = content_hash(self.path) if is_complete(self.path) else None

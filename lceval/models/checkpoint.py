@@ -29,6 +29,22 @@ def save_checkpoint(model: ReferenceTransformer, tokenizer: TextTokenizer, card:
     tmp.replace(out_dir / WEIGHTS)  # the weights file appears last: its presence means "complete"
 
 
+ZOO_PREFIX = "zoo:"
+
+
+def zoo_path(path: Path | str) -> Path:
+    """``zoo:NAME`` -> the shipped checkpoint folder ``lceval/zoo/NAME``; other paths unchanged."""
+    text = str(path)
+    if not text.startswith(ZOO_PREFIX):
+        return Path(path)
+    name = text[len(ZOO_PREFIX):]
+    folder = Path(__file__).resolve().parents[1] / "zoo"
+    shipped = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if name not in shipped:
+        raise UserError(f"no shipped checkpoint {name!r}; the zoo has: {', '.join(shipped) or 'none'}")
+    return folder / name
+
+
 def is_complete(path: Path) -> bool:
     return all((Path(path) / f).exists() for f in (WEIGHTS, CARD, TOKENIZER))
 

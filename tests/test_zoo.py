@@ -1,0 +1,59 @@
+"""Shipped checkpoints (lceval/zoo): they load by name and reproduce their card's accuracy on fresh samples."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lceval.config import load_config
+from lceval.errors import ConfigError
+from lceval.models.checkpoint import load_checkpoint, zoo_path
+from lceval.scoring import score_batch
+from lceval.tasks.niah import NeedleInAHaystack, NiahConfig
+
+SHIPPED = ["quickstart-rotary", "quickstart-sinusoidal"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_reproduces_its_card(name):
+    path = zoo_path(f"zoo:{name}")
+    model, tok, card = load_checkpoint(path)
+    assert card["measured"]["accuracy"] >= 0.99 and card["task_versions"] == {"niah": NeedleInAHaystack.version}
+    # fresh samples: a seed neither the card (1,000,003) nor a default run (0) used
+    task = NeedleInAHaystack(NiahConfig(lengths=[card["training_length"]], depths=[0.0, 0.5, 1.0], samples=16), seed=4242)
+    samples = task.samples(tok)
+    scores = [r.score for r in score_batch(model, task, samples, tok)]
+    assert sum(scores) / len(scores) >= 0.95, scores
+
+
+def test_configs_name_shipped_checkpoints(write_config):
+    data = {"models": {"m": {"type": "reference", "checkpoint": "zoo:quickstart-rotary"}},
+            "pairings": [{"model": "m", "attention": "flash"}],
+            "tasks": {"niah": {"lengths": [128], "depths": [0.5], "samples": 1}}}
+    resolved = load_config(write_config(data))
+    assert resolved.config.models["m"].checkpoint == zoo_path("zoo:quickstart-rotary")
+    data["models"]["m"]["checkpoint"] = "zoo:gpt9"
+    with pytest.raises(ConfigError, match="models.m.checkpoint: no shipped checkpoint 'gpt9'; the zoo has: quickstart-rotary"):
+        load_config(write_config(data))
+
+
+def test_the_quickstart_uses_the_shipped_models_and_documents_their_recipes():
+    from conftest import QUICKSTART
+
+    text = QUICKSTART.read_text()
+    for name, position, steps in [("quickstart-rotary", "rotary", 1000), ("quickstart-sinusoidal", "sinusoidal", 2500)]:
+        assert f"checkpoint: zoo:{name}" in text
+        recipe = json.loads((zoo_path(f"zoo:{name}") / "card.json").read_text())["recipe"]
+        assert recipe["position"] == position and recipe["steps"] == steps  # the commented recipe is the card's
+        assert f"train: {{position: {position}, attention: flash, train_length: 128, steps: {steps}}}" in text
+
+
+def test_the_ruler_model_is_the_one_behind_the_committed_report():
+    from conftest import ROOT
+    from lceval.models.adapters import content_hash
+
+    models = json.loads((ROOT / "reports" / "ruler" / "models.json").read_text())
+    assert content_hash(zoo_path("zoo:ruler-mixture")) == models["ruler"]["sha256"]
+    card = json.loads((zoo_path("zoo:ruler-mixture") / "card.json").read_text())
+    assert card["measured"]["per_task"]["niah_single_1"]["accuracy"] == 1.0
