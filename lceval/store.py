@@ -53,9 +53,14 @@ def read_rows(run_dir: Path, warn=None) -> list[dict]:
 
     ``warn(message)`` is called once when lines were quarantined (default: print to stderr).
     """
+    return list(latest_rows(run_dir, warn).values())
+
+
+def latest_rows(run_dir: Path, warn=None) -> dict[tuple, dict]:
+    """``read_rows`` keyed by (pairing, task, sample_id), in first-seen order."""
     path = Path(run_dir) / RESULTS
     if not path.exists():
-        return []
+        return {}
     rows: dict[tuple, dict] = {}
     bad: list[bytes] = []
     with path.open("rb") as f:
@@ -82,7 +87,7 @@ def read_rows(run_dir: Path, warn=None) -> list[dict]:
         except OSError:
             where = "left in place"
         (warn or _stderr)(f"warning: {len(bad)} line(s) of {path} are not result rows; skipped ({where})")
-    return list(rows.values())
+    return rows
 
 
 def _stderr(message: str) -> None:
@@ -113,23 +118,16 @@ def git_commit() -> str | None:
     return res.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def read_manifest(run_dir: Path, required: bool = False) -> dict:
-    """The run's manifest; a damaged one is a clear error when required, else ``{}``."""
+def read_manifest(run_dir: Path) -> dict:
+    """The run's manifest, or ``{}`` when it is missing or damaged (rows carry their own run id)."""
     path = Path(run_dir) / MANIFEST
     if not path.exists():
-        if required:
-            raise UserError(f"{path} is missing")
         return {}
     try:
         data = json.loads(path.read_bytes())
     except ValueError:
-        data = None
-    if not isinstance(data, dict) or not isinstance(data.get("config", {}), dict):
-        if required:
-            raise UserError(f"{path} is damaged (not a JSON object with a config); delete it and run the same "
-                            f"command again: the rows will be checked against the config")
         return {}
-    return data
+    return data if isinstance(data, dict) and isinstance(data.get("config", {}), dict) else {}
 
 
 def describe_change(old: dict, new: dict) -> str:
@@ -196,9 +194,7 @@ class ResultsStore:
         except OSError:
             self.close()  # never leave the lock (and its file) open behind an error
             raise
-        self.rows: list[dict] = []
-        self.done: set[tuple] = set()
-        self.resumed = False
+        self._latest: dict[tuple, dict] = {}  # the latest row of each key: the run's rows and what is done
         if manifest is not None:
             self.begin(manifest)
 
@@ -206,7 +202,8 @@ class ResultsStore:
         """Check the directory's rows against ``manifest['run_id']``, write the manifest, open for appending."""
         self._repair_tail()
         run_id = manifest.get("run_id")
-        rows = read_rows(self.dir)
+        latest = latest_rows(self.dir)
+        rows = list(latest.values())
         old = read_manifest(self.dir)
         foreign = [r for r in rows if r.get("run_id") != run_id]
         if foreign:
@@ -217,9 +214,7 @@ class ResultsStore:
             self.close()
             raise UserError(f"{self.dir} holds {len(foreign)} rows from a different run ({what}); pass a new --out "
                             f"to start another run, or delete the directory to start over")
-        self.resumed = bool(rows)
-        self.rows = rows
-        self.done = {row_key(r) for r in rows}
+        self._latest = latest
         fresh = {"schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "argv": sys.argv, "versions": package_versions(), "git_commit": git_commit(), **manifest}
         if rows and old.get("run_id") == run_id:  # keep when and how the run started; take new report settings
@@ -253,12 +248,20 @@ class ResultsStore:
             os.fsync(self._f.fileno())
         except OSError as exc:  # name the file: "no space left on device (ENOSPC)" alone says too little
             raise OSError(exc.errno, exc.strerror, str(self.dir / RESULTS)) from None
-        latest = {row_key(r): r for r in rows}
-        self.rows = [r for r in self.rows if row_key(r) not in latest] + list(latest.values())
-        self.done.update(latest)
+        self._latest.update((row_key(r), r) for r in rows)
+
+    @property
+    def rows(self) -> list[dict]:
+        """The latest row of each key."""
+        return list(self._latest.values())
+
+    @property
+    def done(self):
+        """The keys that have a row (a set-like view)."""
+        return self._latest.keys()
 
     def status_of(self) -> dict[tuple, str]:
-        return {row_key(r): r["status"] for r in self.rows}
+        return {key: r["status"] for key, r in self._latest.items()}
 
     def close(self) -> None:
         """Close the results file and release the lock; the lock is released even if closing fails
