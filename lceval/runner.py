@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lceval import registry
-from lceval.config import Pairing, Resolved, validate_task_config
+from lceval.config import Pairing, Resolved
 from lceval.dataset import cached_samples
 from lceval.errors import ConfigError, UserError
 from lceval.models.adapters import ModelAdapter
@@ -136,7 +136,8 @@ class Runner:
         import numpy as np
 
         from lceval.models.checkpoint import TOKENIZER
-        from lceval.tokenizer import TextTokenizer, word_level
+        from lceval.tokenizer import TextTokenizer
+        from lceval.train.trainer import build_tasks, mixture_tokenizer
 
         for name, spec in self.r.config.models.items():
             if spec.type != "reference":
@@ -144,10 +145,8 @@ class Runner:
             if spec.checkpoint is not None:
                 tok = TextTokenizer.load(spec.checkpoint / TOKENIZER)
             else:
-                recipe_tasks = {t: registry.tasks.get(t)(validate_task_config(registry.tasks.get(t), mix.config,
-                                                                              f"models.{name}.train.tasks.{t}"))
-                                for t, mix in spec.train.mixture().items()}
-                tok = word_level(list(dict.fromkeys(w for t in recipe_tasks.values() for w in t.vocabulary())))
+                recipe_tasks = build_tasks(spec.train, seed=0)
+                tok = mixture_tokenizer(recipe_tasks)
                 for t, task in recipe_tasks.items():
                     try:
                         task.training_example(np.random.default_rng(0), spec.train.train_length, tok)

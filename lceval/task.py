@@ -135,11 +135,25 @@ class Task:
         raise NotImplementedError
 
     def cells(self) -> list[dict[str, Any]]:
-        """The grid cells, each a dict of the parameters that define it."""
-        raise NotImplementedError
+        """The grid cells, each a dict of the parameters that define it.
+
+        Default: every ``config.lengths`` (as ``context_length``), times every ``config.depths``
+        when the config has depths.
+        """
+        lengths = getattr(self.config, "lengths", None)
+        if lengths is None:
+            raise NotImplementedError(f"task {self.name!r}: define cells() or give the config `lengths`")
+        depths = getattr(self.config, "depths", None)
+        if depths is None:
+            return [{"context_length": n} for n in lengths]
+        return [{"context_length": n, "depth": d} for n in lengths for d in depths]
 
     def samples_per_cell(self) -> int:
-        raise NotImplementedError
+        """Default: ``config.samples``."""
+        samples = getattr(self.config, "samples", None)
+        if samples is None:
+            raise NotImplementedError(f"task {self.name!r}: define samples_per_cell() or give the config `samples`")
+        return samples
 
     def cell_samples(self, cell: dict[str, Any], tokenizer: TextTokenizer, n: int) -> list[Sample]:
         raise NotImplementedError

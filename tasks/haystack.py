@@ -6,6 +6,8 @@ downloaded and a word-level tokenizer can cover the whole vocabulary.
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 
 from lceval.tokenizer import TextTokenizer
@@ -108,3 +110,10 @@ def pool_for(task, kind: str, tokenizer: TextTokenizer) -> SentencePool:
     if key not in pools:
         pools[key] = SentencePool(kind, tokenizer, seed=task.seed)
     return pools[key]
+
+
+def nearest(boundaries: list[int], target: float) -> int:
+    """The boundary closest to ``target`` (boundaries sorted ascending)."""
+    i = bisect.bisect_left(boundaries, target)
+    candidates = boundaries[max(0, i - 1) : i + 1]
+    return min(candidates, key=lambda b: (abs(b - target), b))

@@ -13,7 +13,6 @@ index of the needle's first token) and distance (prompt length - needle_offset).
 
 from __future__ import annotations
 
-import bisect
 from typing import Literal
 
 import numpy as np
@@ -21,7 +20,7 @@ import pydantic
 
 from lceval.errors import UserError
 from lceval.task import Length, Sample, Samples, Task, TaskConfig, TrainingExample
-from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool, pool_for
+from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool, nearest, pool_for
 from lceval.tokenizer import TextTokenizer
 
 KEYS = [
@@ -67,12 +66,6 @@ class NeedleInAHaystack(Task):
     def vocabulary(self) -> list[str]:
         return sorted(set(ESSAY_WORDS + REPEAT_WORDS + TEMPLATE_WORDS + KEYS + [".", "?"])) + self.values()
 
-    def cells(self):
-        return [{"context_length": n, "depth": d} for n in self.config.lengths for d in self.config.depths]
-
-    def samples_per_cell(self) -> int:
-        return self.config.samples
-
     def _pool(self, tokenizer: TextTokenizer) -> SentencePool:
         return pool_for(self, self.config.haystack, tokenizer)
 
@@ -96,7 +89,7 @@ class NeedleInAHaystack(Task):
                 )
             hay, starts = pool.fill(rng, budget)
             boundaries = starts + [budget]
-            at = _nearest(boundaries, depth * budget)
+            at = nearest(boundaries, depth * budget)
             ids = prefix + hay[:at] + needle + hay[at:] + question
             self.check_known(tokenizer, ids + tokenizer.piece(value), "a prompt or its answer")
             offset = len(prefix) + at
@@ -132,7 +125,7 @@ class NeedleInAHaystack(Task):
         if budget < 0:
             raise UserError(f"training length {length} is too short for {k} needles; raise it or lower train_needles")
         hay, starts = pool.fill(rng, budget)
-        cuts = sorted(_nearest(starts + [budget], float(x) * budget) for x in rng.random(k))
+        cuts = sorted(nearest(starts + [budget], float(x) * budget) for x in rng.random(k))
         ids = list(prefix)
         prev = 0
         for cut, needle in zip(cuts, needles, strict=True):
@@ -147,10 +140,3 @@ class NeedleInAHaystack(Task):
                 labels.append(tok)
                 ids.append(tok)
         return TrainingExample(ids=ids, label_positions=positions, labels=labels)
-
-
-def _nearest(boundaries: list[int], target: float) -> int:
-    """The boundary closest to ``target`` (boundaries sorted ascending)."""
-    i = bisect.bisect_left(boundaries, target)
-    candidates = boundaries[max(0, i - 1) : i + 1]
-    return min(candidates, key=lambda b: (abs(b - target), b))

@@ -48,6 +48,11 @@ def build_tasks(recipe: TrainRecipe, seed: int) -> dict[str, Task]:
     return out
 
 
+def mixture_tokenizer(tasks: dict[str, Task]):
+    """The word-level tokenizer over every task's vocabulary, in first-seen order (a model's own)."""
+    return word_level(list(dict.fromkeys(w for t in tasks.values() for w in t.vocabulary())))
+
+
 def pad_batch(exs: list[TrainingExample], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad examples of any lengths: ids (B, T), label positions and labels (B, K; -100 = none)."""
     T = max(len(e.ids) for e in exs)
@@ -71,7 +76,7 @@ def train(recipe: TrainRecipe, out_dir: Path, *, progress: bool = True, device: 
     names = list(tasks)
     weights = np.array([recipe.mixture()[n].weight for n in names], dtype=float)
     weights /= weights.sum()
-    tokenizer = word_level(list(dict.fromkeys(w for t in tasks.values() for w in t.vocabulary())))
+    tokenizer = mixture_tokenizer(tasks)
     pad_id = tokenizer.backend.token_to_id("[PAD]")
     model = build_model(recipe, tokenizer.vocab_size).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98))

@@ -59,12 +59,6 @@ class _WordCount(Task):
         super().__init__(config, seed)
         self.words = pseudo_words(config.pool, seed=41)
 
-    def cells(self):
-        return [{"context_length": n} for n in self.config.lengths]
-
-    def samples_per_cell(self):
-        return self.config.samples
-
     def _frame(self, tokenizer, head: str, question: str, length: int):
         """Prefix, question, each pool word's tokens, the token budget and the word budget."""
         prefix = tokenizer.prefix() + tokenizer.piece(head)

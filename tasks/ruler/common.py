@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import bisect
 from typing import Any
 
 import numpy as np
 import pydantic
 
 from lceval.errors import UserError
-from lceval.tasks.haystack import SentencePool
-from lceval.tokenizer import TextTokenizer
+from lceval.tasks.haystack import SentencePool, nearest
 
 _CONS = "bdfgklmnprstvz"
 _VOW = "aeiou"
@@ -49,13 +47,6 @@ def uuids(n: int, seed: int = 17) -> list[str]:
     return list(out)
 
 
-def nearest(boundaries: list[int], target: float) -> int:
-    """The boundary closest to ``target`` (boundaries sorted ascending)."""
-    i = bisect.bisect_left(boundaries, target)
-    candidates = boundaries[max(0, i - 1) : i + 1]
-    return min(candidates, key=lambda b: (abs(b - target), b))
-
-
 def assemble(prefix: list[int], hay: list[int], starts: list[int], pieces: list[tuple[float, list[int]]],
              suffix: list[int]) -> tuple[list[int], list[int], list[int]]:
     """prefix + haystack with each piece inserted at the sentence boundary nearest its fraction + suffix.
@@ -89,7 +80,3 @@ def preset(base: type, name: str, doc: str, **defaults: Any) -> type:
     fields = {k: (cfg_base.model_fields[k].annotation, pydantic.Field(v)) for k, v in defaults.items()}
     config = pydantic.create_model(f"{name}_config", __base__=cfg_base, **fields)
     return type(name, (base,), {"name": name, "Config": config, "__doc__": doc, "__module__": base.__module__})
-
-
-def pieces_of(tokenizer: TextTokenizer, text: str) -> list[int]:
-    return tokenizer.piece(text)

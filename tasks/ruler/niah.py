@@ -86,12 +86,6 @@ class RulerNiah(Task):
         words |= set(KEYS)
         return sorted(words)
 
-    def cells(self):
-        return [{"context_length": n, "depth": d} for n in self.config.lengths for d in self.config.depths]
-
-    def samples_per_cell(self) -> int:
-        return self.config.samples
-
     def _pool(self, tokenizer: TextTokenizer) -> SentencePool:
         return pool_for(self, "repeat" if self.config.haystack == "noise" else "essay", tokenizer)
 

@@ -85,9 +85,6 @@ class QA(Task):
                                                           for t in (it["question"], it["gold"], *it["answers"])])
         return sorted({w for w in text.split() if "{" not in w and "}" not in w})
 
-    def cells(self):
-        return [{"context_length": n, "depth": d} for n in self.config.lengths for d in self.config.depths]
-
     def samples_per_cell(self):
         return min(self.config.samples, len(self.items))
 

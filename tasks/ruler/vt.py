@@ -54,12 +54,6 @@ class VariableTracking(Task):
     def vocabulary(self):
         return sorted(set(TEMPLATE_WORDS) | set(REPEAT_WORDS) | {".", "?", ":", "="}) + self.names + self.values
 
-    def cells(self):
-        return [{"context_length": n} for n in self.config.lengths]
-
-    def samples_per_cell(self):
-        return self.config.samples
-
     def _pool(self, tokenizer):
         return pool_for(self, "repeat", tokenizer)
 
