@@ -145,16 +145,19 @@ def effective_length(lengths: pd.DataFrame, threshold: float, relative: bool = F
     return best
 
 
-def summary_table(df: pd.DataFrame, threshold_pct: float) -> pd.DataFrame:
-    """One line per (task, pairing): mean over the task's lengths, score per length, effective lengths."""
-    lengths = length_table(df)
+def summary_table(df: pd.DataFrame, threshold_pct: float, lengths: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One line per (task, pairing): mean over the task's lengths, score per length, effective lengths.
+
+    ``lengths``: ``length_table(df)`` when the caller has it already.
+    """
+    lengths = length_table(df) if lengths is None else lengths
     all_lengths = sorted(df["context_length"].unique())
     recs = []
     for (task, pairing), lt in lengths.groupby(["task", "pairing"], sort=False):
         rec = {"task": task, "pairing": pairing}
         per = dict(zip(lt["context_length"], lt["score"], strict=True))
         for L in all_lengths:
-            rec[int(L)] = per.get(L, math.nan) if L in per else math.nan
+            rec[int(L)] = per.get(L, math.nan)
         ran = [per[L] for L in per if not math.isnan(per[L])]
         rec["mean"] = float(np.mean(ran)) if len(ran) == len(per) and ran else math.nan  # only over a full grid
         rec["effective_length"] = effective_length(lt, threshold_pct / 100)
@@ -166,9 +169,9 @@ def summary_table(df: pd.DataFrame, threshold_pct: float) -> pd.DataFrame:
     return pd.DataFrame(recs)
 
 
-def ruler_table(df: pd.DataFrame, threshold_pct: float) -> pd.DataFrame:
+def ruler_table(df: pd.DataFrame, threshold_pct: float, lengths: pd.DataFrame | None = None) -> pd.DataFrame:
     """RULER's table: per pairing and length, the mean over tasks of the task scores, with a 95% interval."""
-    lengths = length_table(df)
+    lengths = length_table(df) if lengths is None else lengths
     recs = []
     for pairing, sub in lengths.groupby("pairing", sort=False):
         rec = {"pairing": pairing}
@@ -414,9 +417,9 @@ def build_report(run_dir: Path, threshold: float | None = None) -> Path:
     lengths = length_table(df)
     dist = distance_table(df, bins, manifest)
     rounded(dist).to_csv(out / "distance.csv", index=False)
-    summary = summary_table(df, threshold)
+    summary = summary_table(df, threshold, lengths)
     rounded(summary).to_csv(out / "summary.csv", index=False)
-    ruler = ruler_table(df, threshold) if df["task"].nunique() > 1 else None
+    ruler = ruler_table(df, threshold, lengths) if df["task"].nunique() > 1 else None
     if ruler is not None:
         rounded(ruler).to_csv(out / "ruler.csv", index=False)
     agree = agreement_table(df)

@@ -196,15 +196,16 @@ class Runner:
             stop_ids = task.stop_ids(adapter.tokenizer)
             pending = [s for s in self.samples(task_name, adapter)
                        if (key := (pairing.label, task_name, s.id)) not in store.done or key in self._redo]
-            groups: dict[tuple[int, int], list[Sample]] = defaultdict(list)
-            for s in pending:  # one prompt length per batch; teacher-forced batches share an answer length
+            # one prompt length per batch; teacher-forced batches share an answer length
+            groups: dict[tuple[int, bool, int], list[Sample]] = defaultdict(list)
+            for s in pending:
                 tf = uses_teacher_forcing(task, s, stop_ids, mode)
-                groups[(len(s.input_ids), len(s.answer_ids) + 1 if tf else -task.max_new_tokens)].append(s)
-            for (length, new), group in sorted(groups.items()):
-                size = self._batch_size(adapter, attention, length + abs(new))
+                groups[(len(s.input_ids), tf, len(s.answer_ids) + 1 if tf else task.max_new_tokens)].append(s)
+            for (length, _, new), group in sorted(groups.items()):  # new: tokens the answer may need
+                size = self._batch_size(adapter, attention, length + new)
                 for i in range(0, len(group), max(size, 1)):
                     batch = group[i : i + max(size, 1)]
-                    rows = self._score(pairing, task, adapter, attention, model, batch, length + abs(new), size)
+                    rows = self._score(pairing, task, adapter, attention, model, batch, length + new, size)
                     store.append(rows)
                     summary.written += len(rows)
                     tokens_done += length * len(batch)

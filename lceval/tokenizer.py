@@ -25,7 +25,9 @@ class TextTokenizer:
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.name = name
-        self._cache: dict[str, list[int]] = {}
+        self._cache: dict[str, list[int]] = {}  # encode(text)
+        self._pieces: dict[str, list[int]] = {}  # piece(text)
+        self._anchor: list[int] | None = None  # ids of the anchor piece() encodes after
         self._fingerprint: str | None = None
 
     # -- encoding ---------------------------------------------------------------------
@@ -33,13 +35,15 @@ class TextTokenizer:
         """Token ids of one text piece (no special tokens). Cached per piece."""
         ids = self._cache.get(text)
         if ids is None:
-            if isinstance(self.backend, Tokenizer):
-                ids = self.backend.encode(text, add_special_tokens=False).ids
-            else:  # transformers PreTrainedTokenizer(Fast)
-                ids = self.backend.encode(text, add_special_tokens=False)
+            ids = self._encode(text)
             if len(self._cache) < 200_000:
                 self._cache[text] = ids
         return ids
+
+    def _encode(self, text: str) -> list[int]:
+        if isinstance(self.backend, Tokenizer):
+            return self.backend.encode(text, add_special_tokens=False).ids
+        return self.backend.encode(text, add_special_tokens=False)  # transformers PreTrainedTokenizer(Fast)
 
     def piece(self, text: str) -> list[int]:
         """Ids of ``text`` as it appears inside running text, after a space.
@@ -51,19 +55,18 @@ class TextTokenizer:
         SentencePiece tokenizer). Pieces then concatenate to exactly the ids the tokenizer
         produces for the whole text.
         """
-        key = "\x00piece:" + text
-        ids = self._cache.get(key)
+        ids = self._pieces.get(text)
         if ids is None:
             anchor = self._anchor_ids()
-            both = self.encode(_ANCHOR + " " + text)
-            ids = both[len(anchor):] if both[: len(anchor)] == anchor else self.encode(" " + text)
-            if len(self._cache) < 200_000:
-                self._cache[key] = ids
+            both = self._encode(_ANCHOR + " " + text)
+            ids = both[len(anchor):] if both[: len(anchor)] == anchor else self._encode(" " + text)
+            if len(self._pieces) < 200_000:
+                self._pieces[text] = ids
         return ids
 
     def _anchor_ids(self) -> list[int]:
-        if getattr(self, "_anchor", None) is None:
-            self._anchor = self.encode(_ANCHOR)
+        if self._anchor is None:
+            self._anchor = self._encode(_ANCHOR)
         return self._anchor
 
     def prefix(self) -> list[int]:

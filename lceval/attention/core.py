@@ -223,12 +223,8 @@ def gathered_attention(
     for q0 in range(0, T, block_q):
         q1 = min(q0 + block_q, T)
         sel = keys(q0, q1)
-        if isinstance(sel, slice):
-            kj = torch.arange(S, device=q.device)[sel][None, :]
-            kb, vb = kk[:, :, sel], vv[:, :, sel]
-        else:
-            kj = sel[None, :]
-            kb, vb = kk[:, :, sel], vv[:, :, sel]
+        kj = (torch.arange(S, device=q.device)[sel] if isinstance(sel, slice) else sel)[None, :]  # (1, keys)
+        kb, vb = kk[:, :, sel], vv[:, :, sel]
         if kj.shape[1] == 0:
             outs.append(q.new_zeros((B, H, q1 - q0, D)))
             continue

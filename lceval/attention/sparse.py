@@ -14,7 +14,8 @@ from torch import Tensor
 from lceval.attention.base import Attention, use_triton
 from lceval.attention.core import MaskFn, blocked_attention, check_shapes, gathered_attention, window_mask
 
-#: largest score band (bytes) the banded path builds per step; beyond it the blocked engine runs
+#: largest score block (bytes) the gathered engine builds per step (a window's band, a sparse group's
+#: gathered keys); beyond it the blocked online-softmax engine runs
 BAND_BYTES = 64 * 2**20
 
 
