@@ -49,6 +49,31 @@ def write_config(tmp_path):
     return write
 
 
+def train_byte_bpe(corpus: list[str], vocab_size: int):
+    """A byte-level BPE ``tokenizers.Tokenizer`` trained here on ``corpus`` (nothing downloaded); BOS ``<s>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<s>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tok
+
+
+def byte_bpe(corpus: list[str], vocab_size: int):
+    """``train_byte_bpe`` wrapped as lceval's TextTokenizer (``<s>`` starts every prompt)."""
+    from lceval.tokenizer import TextTokenizer
+
+    tok = train_byte_bpe(corpus, vocab_size)
+    return TextTokenizer(tok, bos_id=tok.token_to_id("<s>"), name="bpe")
+
+
+def word_corpus(words: list[str], per_line: int) -> list[str]:
+    """Lines of ``per_line`` words ending in a full stop, three times over (a corpus for a task's words)."""
+    return [" ".join(words[i : i + per_line]) + " ." for i in range(0, len(words), per_line)] * 3
+
+
 def small_config(checkpoint: Path, **over) -> dict:
     """A small run over a checkpoint: 2 lengths x 3 depths x 3 samples, full + flash."""
     cfg = {

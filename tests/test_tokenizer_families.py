@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
 
+from conftest import train_byte_bpe  # noqa: E402
 from lceval.tasks.haystack import essay_sentence  # noqa: E402
 from lceval.tasks.niah import KEYS, NEEDLE, QUESTION, NeedleInAHaystack, NiahConfig  # noqa: E402
 from lceval.tasks.ruler.niah import NiahSingle3  # noqa: E402
@@ -49,17 +50,9 @@ def wordpiece() -> Tokenizer:
     return tok
 
 
-def byte_level() -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus(), trainers.BpeTrainer(vocab_size=500, special_tokens=["<s>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return tok
-
-
 FAMILIES = {
-    "byte-level-bpe": lambda: transformers.PreTrainedTokenizerFast(tokenizer_object=byte_level(), bos_token="<s>"),
+    "byte-level-bpe": lambda: transformers.PreTrainedTokenizerFast(tokenizer_object=train_byte_bpe(corpus(), 500),
+                                                                   bos_token="<s>"),
     "sentencepiece": lambda: transformers.PreTrainedTokenizerFast(tokenizer_object=sentencepiece_style(),
                                                                   bos_token="<s>", eos_token="</s>", unk_token="<unk>"),
     "wordpiece": lambda: transformers.PreTrainedTokenizerFast(tokenizer_object=wordpiece(), bos_token="[CLS]",

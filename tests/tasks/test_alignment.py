@@ -109,17 +109,9 @@ def test_gold_links_point_at_the_right_words_and_every_phenomenon_occurs():
 
 
 def bpe_over(words):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from conftest import byte_bpe, word_corpus
 
-    from lceval.tokenizer import TextTokenizer
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = [" ".join(words[i : i + 10]) + " ." for i in range(0, len(words), 10)] * 3
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=280, special_tokens=["<s>"],
-                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return TextTokenizer(tok, bos_id=tok.token_to_id("<s>"), name="bpe")
+    return byte_bpe(word_corpus(words, 10), 280)
 
 
 @pytest.mark.parametrize("family", ["word", "bpe"])

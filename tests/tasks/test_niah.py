@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from conftest import byte_bpe
 from lceval.errors import UserError
 from lceval.tasks.haystack import essay_sentence
 from lceval.tasks.niah import KEYS, NEEDLE, QUESTION, NeedleInAHaystack, NiahConfig
@@ -26,12 +26,7 @@ def bpe_tokenizer() -> TextTokenizer:
     corpus = [essay_sentence(rng) for _ in range(2000)]
     corpus += [NEEDLE.format(key=k, value=100 + i) + " " + QUESTION.format(key=k) for i, k in enumerate(KEYS)]
     corpus += ["The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."] * 20
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>"],
-                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return TextTokenizer(tok, bos_id=tok.token_to_id("<s>"), name="bpe")
+    return byte_bpe(corpus, 400)
 
 
 TOKENIZERS = {"word": lambda task: word_level(task.vocabulary()), "bpe": lambda task: bpe_tokenizer()}

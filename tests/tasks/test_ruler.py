@@ -7,8 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from conftest import byte_bpe, word_corpus
 from lceval import registry
 from lceval.config import validate_task_config
 from lceval.errors import UserError
@@ -33,14 +33,7 @@ def make(name, **over):
 
 def bpe_for(task) -> TextTokenizer:
     """A byte-level BPE trained here on the task's own words (multi-token words and numbers included)."""
-    words = task.vocabulary()
-    corpus = [" ".join(words[i : i + 12]) + " ." for i in range(0, len(words), 12)] * 3
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>"],
-                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return TextTokenizer(tok, bos_id=tok.token_to_id("<s>"), name="bpe")
+    return byte_bpe(word_corpus(task.vocabulary(), 12), 300)
 
 
 @pytest.mark.parametrize("family", ["word", "bpe"])
