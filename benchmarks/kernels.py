@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--csv", default="kernels.csv")
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (it compiles per mask)")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on a CPU under TRITON_INTERPRET=1")
+    ap.add_argument("--tune", nargs="?", const="flash,window,sparse,linear", default=None,
+                    help="sweep tile configs of these kernels (comma list; default all) instead of benchmarking")
     args = ap.parse_args()
 
     if not args.smoke and not torch.cuda.is_available():
@@ -69,9 +71,13 @@ def main() -> None:
             sys.exit(2)
         args.lengths, args.dims, args.dtype, args.window, args.no_flex = [64, 96], [16], "fp32", 32, True
 
+    if args.tune:
+        tune(args)
+        return
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from lceval.kernels import block_sparse_attention, flash_attention, linear_attention, sliding_window_attention
+    from lceval.kernels.block_sparse import layout_lut
     from lceval.kernels.linear import linear_attention_ref
 
     device = "cpu" if args.smoke else "cuda"
@@ -81,6 +87,11 @@ def main() -> None:
     if not args.no_flex:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+        # one compiled graph per (shape, mask): raise dynamo's recompile limit, or it silently falls back to the
+        # unfused eager path (which builds the whole score matrix and runs out of memory at 32k)
+        torch._dynamo.config.cache_size_limit = 1024
+        if hasattr(torch._dynamo.config, "recompile_limit"):
+            torch._dynamo.config.recompile_limit = 1024
         flex = torch.compile(flex_attention, dynamic=False)
 
     def sdpa(q, k, v, causal):
@@ -96,9 +107,13 @@ def main() -> None:
         rows.append({"op": op, "N": N, "D": D, "causal": causal, "ms": round(ms, 4), "tflops": round(tflops, 1),
                      "baseline": baseline, "baseline_ms": None if base_ms is None else round(base_ms, 4),
                      "speedup": None if base_ms is None else round(base_ms / ms, 2), "matches": ok})
-        r = rows[-1]
-        print(f"{op:>14} N={N:>6} D={D:>3} {'causal' if causal else 'full  '} {ms:9.3f} ms {r['tflops']:7.1f} TF/s"
-              f"  vs {baseline:<10} {r['speedup'] if r['speedup'] is not None else '-':>6}x  match={ok}", flush=True)
+        show(rows[-1])
+
+    def show(r):
+        mask = "causal" if r["causal"] else "full  "
+        print(f"{r['op']:>14} N={r['N']:>6} D={r['D']:>3} {mask} {r['ms']:9.3f} ms {r['tflops']:7.1f} TF/s"
+              f"  vs {r['baseline']:<12} {'-' if r['speedup'] is None else r['speedup']:>6}x  match={r['matches']}",
+              flush=True)
 
     for D in args.dims:
         H = 2 if args.smoke else 2048 // D
@@ -117,6 +132,7 @@ def main() -> None:
                                            None, None, N, N, device=device)
                     base = bench(lambda: flex(q, k, v, block_mask=bm), False)
                     rows.append(dict(rows[-1], baseline="flex", baseline_ms=round(base, 4), speedup=round(base / ms, 2)))
+                    show(rows[-1])
             # sliding window (causal) vs Flex with the same mask, and vs dense causal SDPA
             W = args.window
             sw = lambda: sliding_window_attention(q, k, v, W)  # noqa: E731
@@ -134,6 +150,7 @@ def main() -> None:
                 bm = create_block_mask(lambda b, h, i, j: (j <= i) & (j > i - W), None, None, N, N, device=device)
                 base = bench(lambda: flex(q, k, v, block_mask=bm), False)
                 rows.append(dict(rows[-1], baseline="flex", baseline_ms=round(base, 4), speedup=round(base / ms, 2)))
+                show(rows[-1])
             # block sparse at the requested density (random causal-free layout, fixed seed)
             block = 16 if args.smoke else 128
             nb = -(-N // block)
@@ -142,7 +159,8 @@ def main() -> None:
             layout |= torch.eye(nb, dtype=torch.bool)[None]
             layout = layout.to(device)
             density = layout.float().mean().item()
-            bs = lambda: block_sparse_attention(q, k, v, layout, block, causal=False)  # noqa: E731
+            lut = layout_lut(layout, block, N, N, causal=False)  # compiled once, like Flex's block mask
+            bs = lambda: block_sparse_attention(q, k, v, lut, block, causal=False)  # noqa: E731
             ok = True
             if N <= 8192:
                 el = layout[0][torch.arange(N, device=device) // block][:, torch.arange(N, device=device) // block]
@@ -158,6 +176,7 @@ def main() -> None:
                                        BLOCK_SIZE=block)
                 base = bench(lambda: flex(q, k, v, block_mask=bm), False)
                 rows.append(dict(rows[-1], baseline="flex", baseline_ms=round(base, 4), speedup=round(base / ms, 2)))
+                show(rows[-1])
             # linear (causal) vs the flash kernel, causal
             ok = True
             if N <= 8192:
@@ -173,6 +192,64 @@ def main() -> None:
         w.writerows(rows)
     print(f"\nwrote {args.csv} ({len(rows)} rows)")
     targets(rows)
+
+
+def tune(args) -> None:
+    """Time tile configs (env overrides read by the launchers) at the issue's target shapes; prints one table."""
+    import triton.testing
+
+    from lceval.kernels import block_sparse_attention, flash_attention, linear_attention, sliding_window_attention
+    from lceval.kernels.block_sparse import layout_lut
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    flash_cfgs = ["128,128,8,3", "64,64,4,3", "128,64,8,3", "128,128,8,4", "64,128,4,3"]
+    window_cfgs = ["64,64,4,3", "64,64,4,4", "64,64,4,2", "64,32,4,3", "32,64,4,3", "64,64,8,3", "64,128,4,3",
+                   "128,64,4,4", "64,32,2,3", "32,32,2,3"]
+    sparse_cfgs = ["4,2", "4,3", "8,2", "8,3", "8,4"]
+    linear_cfgs = ["64,64,4,2", "64,64,8,2", "64,32,4,2", "64,128,8,2", "32,64,4,2", "128,64,8,2", "64,64,4,3",
+                   "32,128,4,2", "32,32,2,2"]
+    med = lambda fn: triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")  # noqa: E731
+    print("kernel,D,N,causal,config,ms", flush=True)
+    for D in args.dims:
+        H = 2048 // D
+        kinds = args.tune.split(",")
+        for N, causal, what in [(16384, False, "flash"), (16384, True, "flash"), (32768, True, "window")]:
+            if what not in kinds:
+                continue
+            q, k, v = (torch.randn(1, H, N, D, device="cuda", dtype=dtype) for _ in range(3))
+            for cfg in flash_cfgs if what == "flash" else window_cfgs:
+                os.environ["LCEVAL_FLASH_TILES"] = cfg
+                fn = (lambda: flash_attention(q, k, v, causal=causal)) if what == "flash" else (
+                    lambda: sliding_window_attention(q, k, v, args.window))
+                try:
+                    print(f"{what},{D},{N},{causal},{cfg},{med(fn):.4f}", flush=True)
+                except Exception as e:  # noqa: BLE001 - a config may not fit in shared memory
+                    print(f"{what},{D},{N},{causal},{cfg},fail:{type(e).__name__}", flush=True)
+            os.environ.pop("LCEVAL_FLASH_TILES")
+        for N in (16384, 32768) if "sparse" in kinds else ():
+            q, k, v = (torch.randn(1, H, N, D, device="cuda", dtype=dtype) for _ in range(3))
+            nb = N // 128
+            lay = (torch.rand(1, nb, nb, generator=torch.Generator().manual_seed(0)) < args.density)
+            lut = layout_lut((lay | torch.eye(nb, dtype=torch.bool)[None]).cuda(), 128, N, N, causal=False)
+            for cfg in sparse_cfgs:
+                os.environ["LCEVAL_SPARSE_TILES"] = cfg
+                try:
+                    ms = med(lambda: block_sparse_attention(q, k, v, lut, 128, causal=False))
+                    print(f"sparse,{D},{N},False,{cfg},{ms:.4f}", flush=True)
+                except Exception as e:  # noqa: BLE001 - a config may not fit in shared memory
+                    print(f"sparse,{D},{N},False,{cfg},fail:{type(e).__name__}", flush=True)
+            os.environ.pop("LCEVAL_SPARSE_TILES")
+        for N in (2048, 16384) if "linear" in kinds else ():
+            B = max(1, 16384 // N)
+            q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=dtype) for _ in range(3))
+            print(f"flash,{D},{N},True,default,{med(lambda: flash_attention(q, k, v, causal=True)):.4f}", flush=True)
+            for cfg in linear_cfgs:
+                os.environ["LCEVAL_LINEAR_TILES"] = cfg
+                try:
+                    print(f"linear,{D},{N},True,{cfg},{med(lambda: linear_attention(q, k, v)):.4f}", flush=True)
+                except Exception as e:  # noqa: BLE001
+                    print(f"linear,{D},{N},True,{cfg},fail:{type(e).__name__}", flush=True)
+            os.environ.pop("LCEVAL_LINEAR_TILES")
 
 
 def targets(rows: list[dict]) -> None:

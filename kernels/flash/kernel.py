@@ -10,7 +10,8 @@ visited is the only thing the three softmax ops differ in:
 * ``MODE_WINDOW``: only tiles that intersect the window i-W < j <= i (or
   |i-j| < W non-causal) — sliding-window attention, work O(T x W);
 * ``MODE_LAYOUT``: only the tiles listed for this query tile in a lookup
-  table built from a block layout — block-sparse attention.
+  table built from a block layout — block-sparse attention (fully visible
+  tiles first, then the few that need a mask, so the hot loop has no branch).
 
 Per-element masking is applied only on tiles that need it (the diagonal, the
 window's edges, the sequence end, layout tiles that are partly visible).
@@ -29,12 +30,18 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _tile(q, K, V, qpos, start_n, row_vis, k_base, v_base, stride_ks, stride_vs, offs_d, m_i, l_i, acc,
-          S, WINDOW, qk_scale, D: tl.constexpr, CAUSAL: tl.constexpr, MODE: tl.constexpr, MASK: tl.constexpr,
-          BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+          S, WINDOW, qk_scale, D: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, MODE: tl.constexpr,
+          MASK: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    kv_mask = (offs_n[:, None] < S) & (offs_d[None, :] < D)
-    k = tl.load(K + k_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
+    k_ptr = K + k_base + offs_n[:, None] * stride_ks + offs_d[None, :]
+    v_ptr = V + v_base + offs_n[:, None] * stride_vs + offs_d[None, :]
+    if MASK or D != BLOCK_D:
+        kv_mask = (offs_n[:, None] < S) & (offs_d[None, :] < D)
+        k = tl.load(k_ptr, mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr, mask=kv_mask, other=0.0)
+    else:  # an inner tile: every key exists and D fills the block
+        k = tl.load(k_ptr)
+        v = tl.load(v_ptr)
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), in log2 units
     if MASK:
         vis = (offs_n[None, :] < S) & row_vis[:, None]
@@ -48,7 +55,9 @@ def _tile(q, K, V, qpos, start_n, row_vis, k_base, v_base, stride_ks, stride_vs,
                 vis = vis & (d < WINDOW) & (d > -WINDOW)
         s = tl.where(vis, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    m_safe = m_new  # an unmasked tile has finite scores, so the new max is finite
+    if MASK:  # a row that has seen no visible key yet keeps max -inf; exp2(-inf - 0) = 0
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     p = tl.exp2(s - m_safe[:, None])
     alpha = tl.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
@@ -89,19 +98,22 @@ def attention_fwd_kernel(
     last_q = tl.minimum(pid_m * BLOCK_M + BLOCK_M, T) - 1 + OFFSET
 
     if MODE == 2:
+        # the tile's list holds its fully visible key blocks first, then those that need per-element masking
         lut_h = h if LUT_H > 1 else 0
-        n_blocks = tl.load(LUT_N + lut_h * stride_lutn_h + pid_m)
-        for i in range(0, n_blocks):
-            # entries are +(kb + 1) for fully visible tiles, -(kb + 1) for tiles that need masking
-            entry = tl.load(LUT + lut_h * stride_lut_h + pid_m * stride_lut_m + i)
-            start_n = (tl.abs(entry) - 1) * BLOCK_N
-            if entry > 0:
-                m_i, l_i, acc = _tile(q, K, V, qpos, start_n, row_vis, k_base, v_base, stride_ks, stride_vs, offs_d,
-                                      m_i, l_i, acc, S, WINDOW, qk_scale, D, CAUSAL, MODE, False, BLOCK_N, PRECISION)
-            else:
-                m_i, l_i, acc = _tile(q, K, V, qpos, start_n, row_vis, k_base, v_base, stride_ks, stride_vs, offs_d,
-                                      m_i, l_i, acc, S, WINDOW, qk_scale, D, CAUSAL, MODE, True, BLOCK_N, PRECISION)
+        n_full = tl.load(LUT_N + lut_h * stride_lutn_h + pid_m * 2)
+        n_all = tl.load(LUT_N + lut_h * stride_lutn_h + pid_m * 2 + 1)
+        lut = LUT + lut_h * stride_lut_h + pid_m * stride_lut_m
+        for i in range(0, n_full):
+            start_n = tl.load(lut + i) * BLOCK_N
+            m_i, l_i, acc = _tile(q, K, V, qpos, start_n, row_vis, k_base, v_base, stride_ks, stride_vs, offs_d,
+                                  m_i, l_i, acc, S, WINDOW, qk_scale, D, BLOCK_D, CAUSAL, MODE, False, BLOCK_N, PRECISION)
+        for i in range(n_full, n_all):
+            start_n = tl.load(lut + i) * BLOCK_N
+            m_i, l_i, acc = _tile(q, K, V, qpos, start_n, row_vis, k_base, v_base, stride_ks, stride_vs, offs_d,
+                                  m_i, l_i, acc, S, WINDOW, qk_scale, D, BLOCK_D, CAUSAL, MODE, True, BLOCK_N, PRECISION)
     else:
+        # keys [lo, hi) can be visible to some row of this tile; [full_lo, full_hi) are visible to all of them (no
+        # per-element mask), so the hot middle loop has no branch and Triton can software-pipeline it
         lo = 0
         hi = S
         if CAUSAL:
@@ -112,21 +124,25 @@ def attention_fwd_kernel(
                 hi = tl.minimum(S, last_q + WINDOW)
         hi = tl.maximum(hi, 0)
         lo = (lo // BLOCK_N) * BLOCK_N
-        for start_n in range(lo, hi, BLOCK_N):
-            # a tile needs per-element masking at the sequence end, across the diagonal or the window edge
-            needs = start_n + BLOCK_N > S
-            if CAUSAL:
-                needs = needs | (start_n + BLOCK_N - 1 > first_q)
-            if MODE == 1:
-                needs = needs | (start_n <= last_q - WINDOW)
-                if not CAUSAL:
-                    needs = needs | (start_n + BLOCK_N - 1 >= first_q + WINDOW)
-            if needs:
-                m_i, l_i, acc = _tile(q, K, V, qpos, start_n, row_vis, k_base, v_base, stride_ks, stride_vs, offs_d,
-                                      m_i, l_i, acc, S, WINDOW, qk_scale, D, CAUSAL, MODE, True, BLOCK_N, PRECISION)
-            else:
-                m_i, l_i, acc = _tile(q, K, V, qpos, start_n, row_vis, k_base, v_base, stride_ks, stride_vs, offs_d,
-                                      m_i, l_i, acc, S, WINDOW, qk_scale, D, CAUSAL, MODE, False, BLOCK_N, PRECISION)
+        full_lo = lo
+        if MODE == 1:  # first tile whose every key is inside every row's window
+            full_lo = tl.maximum(lo, ((tl.maximum(last_q - WINDOW + 1, 0) + BLOCK_N - 1) // BLOCK_N) * BLOCK_N)
+        full_lo = tl.minimum(full_lo, hi)
+        full_hi = (S // BLOCK_N) * BLOCK_N  # tiles past the end of the keys need a mask
+        if CAUSAL:  # tiles crossing the diagonal of the first row need a mask
+            full_hi = tl.minimum(full_hi, (tl.maximum(first_q + 1, 0) // BLOCK_N) * BLOCK_N)
+        if MODE == 1 and not CAUSAL:
+            full_hi = tl.minimum(full_hi, (tl.maximum(first_q + WINDOW, 0) // BLOCK_N) * BLOCK_N)
+        full_hi = tl.minimum(tl.maximum(full_hi, full_lo), tl.maximum(hi, full_lo))
+        for start_n in range(lo, full_lo, BLOCK_N):
+            m_i, l_i, acc = _tile(q, K, V, qpos, start_n, row_vis, k_base, v_base, stride_ks, stride_vs, offs_d,
+                                  m_i, l_i, acc, S, WINDOW, qk_scale, D, BLOCK_D, CAUSAL, MODE, True, BLOCK_N, PRECISION)
+        for start_n in range(full_lo, full_hi, BLOCK_N):
+            m_i, l_i, acc = _tile(q, K, V, qpos, start_n, row_vis, k_base, v_base, stride_ks, stride_vs, offs_d,
+                                  m_i, l_i, acc, S, WINDOW, qk_scale, D, BLOCK_D, CAUSAL, MODE, False, BLOCK_N, PRECISION)
+        for start_n in range(full_hi, hi, BLOCK_N):
+            m_i, l_i, acc = _tile(q, K, V, qpos, start_n, row_vis, k_base, v_base, stride_ks, stride_vs, offs_d,
+                                  m_i, l_i, acc, S, WINDOW, qk_scale, D, BLOCK_D, CAUSAL, MODE, True, BLOCK_N, PRECISION)
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :],

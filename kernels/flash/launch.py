@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 import triton
 
-from lceval.kernels.flash.kernel import LOG2E, MODE_DENSE, attention_fwd_kernel
+from lceval.kernels.flash.kernel import LOG2E, MODE_DENSE, MODE_LAYOUT, MODE_WINDOW, attention_fwd_kernel
 
 SUPPORTED = {torch.float16, torch.bfloat16, torch.float32}
 
@@ -46,12 +47,61 @@ def dot_precision(dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _tiles(D: int, mode_block: int | None):
-    if mode_block is not None:  # block-sparse: tiles are the layout's blocks
-        return mode_block, mode_block, 8 if mode_block >= 128 and D > 64 else 4
+H100_SMEM = 232448  # shared memory one program may use on an H100 (what Triton checks against there)
+
+
+@functools.cache
+def _smem_limit(device_index: int) -> int:
+    try:
+        return int(triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"])
+    except Exception:  # noqa: BLE001 - no driver (e.g. a CPU-only check): assume the GPU the tiles were tuned on
+        return H100_SMEM
+
+
+def _smem(block_m: int, block_n: int, block_d: int, elt: int, stages: int) -> int:
+    """Shared memory of one program: the q tile plus ``stages`` buffered k and v tiles (as measured on an H100)."""
+    return (block_m + 2 * stages * block_n) * block_d * elt
+
+
+def _fit(tiles: tuple[int, int, int, int], block_d: int, elt: int, limit: int, fixed: bool) -> tuple[int, int, int, int]:
+    """Fewer pipeline stages, then (unless the tiles are ``fixed``) smaller tiles, until a program fits in ``limit``.
+
+    float32 needs twice the bytes of bf16: hd 128 at (128, 128, 3 stages) fits an H100 in bf16 only.
+    """
+    m, n, w, st = tiles
+    floor = 1 if fixed else 2
+    while st > floor and _smem(m, n, block_d, elt, st) > limit:
+        st -= 1
+    if not fixed and _smem(m, n, block_d, elt, st) > limit and (m, n) != (64, 64):
+        return _fit((64, 64, 4, 2), block_d, elt, limit, fixed)
+    while st > 1 and _smem(m, n, block_d, elt, st) > limit:
+        st -= 1
+    return m, n, w, st
+
+
+def _tiles(D: int, mode: int, block: int | None, elt: int = 2, limit: int = H100_SMEM) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages), tuned on an H100 in bf16 (benchmarks/kernels.py --tune).
+
+    ``LCEVAL_FLASH_TILES=m,n,w,s`` overrides them for flash and sliding window, and
+    ``LCEVAL_SPARSE_TILES=w,s`` the warps and stages of block sparse (whose tiles are its blocks).
+    Stages (and, for flash, tiles) shrink until a program fits in shared memory at the element size ``elt``.
+    """
     if interpreting():
-        return 32, 32, 4
-    return (128, 64, 8) if D > 64 else (128, 64, 4)
+        return (block or 32), (block or 32), 4, 1
+    block_d = max(16, 1 << (D - 1).bit_length())
+    if mode == MODE_LAYOUT:
+        override = os.environ.get("LCEVAL_SPARSE_TILES")
+        if override:
+            w, st = (int(x) for x in override.split(","))
+            return block, block, w, st
+        return _fit((block, block, 8 if block >= 128 and D > 64 else 4, 3), block_d, elt, limit, fixed=True)
+    override = os.environ.get("LCEVAL_FLASH_TILES")
+    if override:
+        m, n, w, st = (int(x) for x in override.split(","))
+        return m, n, w, st
+    if mode == MODE_WINDOW:  # short rows of tiles: smaller query tiles, more programs in flight
+        return _fit((64, 64, 4, 3), block_d, elt, limit, fixed=False)
+    return _fit((128, 128, 8, 3) if D > 64 else (64, 64, 4, 3), block_d, elt, limit, fixed=False)
 
 
 def launch(q, k, v, *, mode, causal, scale, window=0, lut=None, lut_n=None, block=None, return_lse=False):
@@ -62,7 +112,8 @@ def launch(q, k, v, *, mode, causal, scale, window=0, lut=None, lut_n=None, bloc
     H_kv, S = k.shape[1], k.shape[2]
     out = torch.empty_like(q)
     lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32) if return_lse else out
-    BLOCK_M, BLOCK_N, warps = _tiles(D, block)
+    limit = _smem_limit(q.device.index or 0) if q.is_cuda else H100_SMEM
+    BLOCK_M, BLOCK_N, warps, stages = _tiles(D, mode, block, q.element_size(), limit)
     scale = D**-0.5 if scale is None else scale
     if lut is None:
         lut = lut_n = torch.zeros(1, 1, 1, dtype=torch.int32, device=q.device)
@@ -74,7 +125,7 @@ def launch(q, k, v, *, mode, causal, scale, window=0, lut=None, lut_n=None, bloc
         H, H // H_kv, T, S, S - T, window, scale * LOG2E,
         D=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
         MODE=mode, CAUSAL=causal, RETURN_LSE=return_lse, LUT_H=lut.shape[0], PRECISION=dot_precision(q.dtype),
-        num_warps=warps, num_stages=2,
+        num_warps=warps, num_stages=stages,
     )
     return (out, lse) if return_lse else out
 

@@ -1,12 +1,20 @@
-"""Linear-attention launcher: chunk summaries, an exclusive cumsum, then chunk outputs."""
+"""Linear-attention launcher: a prefix scan then parallel chunk outputs if causal; summaries then outputs if not."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
 
 from lceval.kernels.flash.launch import check_inputs, dot_precision, interpreting, last_dim_contiguous, strides3
-from lceval.kernels.linear.kernel import FEATURE_MAPS, chunk_output_kernel, chunk_state_kernel
+from lceval.kernels.linear.kernel import (
+    FEATURE_MAPS,
+    chunk_causal_output_kernel,
+    chunk_output_kernel,
+    chunk_prefix_kernel,
+    chunk_state_kernel,
+)
 
 
 def linear_attention(q, k, v, feature_map="elu1", causal=True, chunk=None):
@@ -30,37 +38,32 @@ def linear_attention(q, k, v, feature_map="elu1", causal=True, chunk=None):
     C = chunk or (32 if interpreting() else 64)
     block_d = max(16, triton.next_power_of_2(D))
     block_dv = min(block_d, 64)
+    warps, stages = 4, 2
+    override = os.environ.get("LCEVAL_LINEAR_TILES")  # "chunk,block_dv,warps,stages": for tuning
+    if override and not interpreting():
+        c_, block_dv, warps, stages = (int(x) for x in override.split(","))
+        C = chunk or c_
     n_dv = triton.cdiv(D, block_dv)
     common = dict(D=D, BLOCK_D=block_d, BLOCK_DV=block_dv, CHUNK=C, FEATURE=FEATURE_MAPS[feature_map],
-                  PRECISION=dot_precision(q.dtype), num_warps=4)
-
-    def summaries(key_start: int, n_keys: int):
-        """Per key chunk: (B, H_kv, n, D, D) states and (B, H_kv, n, D) normalisers."""
-        n = triton.cdiv(n_keys, C)
-        state = torch.empty(B, H_kv, max(n, 1), D, D, device=q.device, dtype=torch.float32)
+                  PRECISION=dot_precision(q.dtype), num_warps=warps)
+    if causal:  # the prefix scan, then all chunks' outputs in parallel
+        n = triton.cdiv(T, C)
+        hs = torch.empty(B, H_kv, max(n, 1), D, D, device=q.device, dtype=torch.float32)
         z = torch.empty(B, H_kv, max(n, 1), D, device=q.device, dtype=torch.float32)
-        if n == 0:
-            return state.zero_(), z.zero_()
-        chunk_state_kernel[(n, B * H_kv, n_dv)](k, v, state, z, *strides3(k), *strides3(v),
-                                                H_kv, n_keys, key_start, n, **common)
-        return state, z
-
-    prefix = S - T if causal else 0
-    if causal:
-        state, z = summaries(prefix, T)  # chunks aligned with the query chunks
-        state = torch.cumsum(state, dim=2) - state  # exclusive: what every earlier chunk adds
-        z = torch.cumsum(z, dim=2) - z
-        if prefix > 0:  # keys before the first query are visible to all of them
-            s0, z0 = summaries(0, prefix)
-            state += s0.sum(2, keepdim=True)
-            z += z0.sum(2, keepdim=True)
-    else:
-        state, z = summaries(0, S)
-        state, z = state.sum(2, keepdim=True), z.sum(2, keepdim=True)
-    n_chunks = state.shape[2]
+        lowp = q.dtype != torch.float32
+        chunk_prefix_kernel[(B * H_kv, n_dv)](k, v, hs, z, *strides3(k), *strides3(v), H_kv, T, S - T, n,
+                                              LOWP=lowp, num_stages=stages, **common)
+        chunk_causal_output_kernel[(n, B * H, n_dv)](
+            q, k, v, out, hs, z, *strides3(q), *strides3(k), *strides3(v), *strides3(out),
+            H, H // H_kv, T, S - T, n, LOWP=lowp, num_stages=stages, **common)
+        return out
+    n = triton.cdiv(S, C)
+    state = torch.zeros(B, H_kv, max(n, 1), D, D, device=q.device, dtype=torch.float32)
+    z = torch.zeros(B, H_kv, max(n, 1), D, device=q.device, dtype=torch.float32)
+    if n > 0:
+        chunk_state_kernel[(n, B * H_kv, n_dv)](k, v, state, z, *strides3(k), *strides3(v), H_kv, S, 0, n, **common)
+    state, z = state.sum(2, keepdim=True).contiguous(), z.sum(2, keepdim=True).contiguous()
     chunk_output_kernel[(triton.cdiv(T, C), B * H, n_dv)](
-        q, k, v, out, state.contiguous(), z.contiguous(),
-        *strides3(q), *strides3(k), *strides3(v), *strides3(out),
-        H, H // H_kv, T, prefix, n_chunks, CAUSAL=causal, **common,
-    )
+        q, k, v, out, state, z, *strides3(q), *strides3(k), *strides3(v), *strides3(out),
+        H, H // H_kv, T, 1, **common)
     return out

@@ -49,13 +49,24 @@ def test_dtypes_head_dims_noncausal(dtype, D):
 
 def test_lut_visits_only_nonzero_blocks_and_marks_masking():
     lay = torch.tensor([[[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 1, 1]]], dtype=torch.bool)
-    lut, counts = layout_lut(lay, 16, 64, 64, causal=True)
-    assert counts.tolist() == [[1, 2, 1, 3]]
-    # +(n+1): fully visible (below the diagonal); -(n+1): needs per-element masking (diagonal)
-    assert lut[0, 3, :3].tolist() == [1, 3, -4]
-    assert lut[0, 1, :2].tolist() == [1, -2]
-    lut, counts = layout_lut(lay, 16, 60, 60, causal=False)  # last tile crosses the sequence end
-    assert lut[0, 3, :3].tolist() == [-1, -3, -4] and counts.tolist() == [[1, 2, 1, 3]]
+    lut, counts = layout_lut(lay, 16, 64, 64, causal=True)[:2]
+    # [n_full, n_all]: fully visible blocks (below the diagonal) are listed first, then the diagonal one (masked)
+    assert counts[0].tolist() == [[0, 1], [1, 2], [0, 1], [2, 3]]
+    assert lut[0, 3, :3].tolist() == [0, 2, 3]
+    assert lut[0, 1, :2].tolist() == [0, 1]
+    lut, counts = layout_lut(lay, 16, 60, 60, causal=False)[:2]  # the last query tile crosses the sequence end
+    assert counts[0].tolist() == [[1, 1], [2, 2], [1, 1], [0, 3]]
+    assert lut[0, 3, :3].tolist() == [0, 2, 3] and lut[0, 1, :2].tolist() == [0, 1]
+
+
+def test_compiled_layout_is_reused_and_checked():
+    lay = layout("random", 2, 5, 5, seed=4)
+    q, k, v = rand(1, 2, 1, 70, 70, 16)
+    compiled = layout_lut(lay.to(q.device), 16, 70, 70, causal=True)
+    out = block_sparse_attention(q, k, v, compiled, 16)
+    assert torch.equal(out, block_sparse_attention(q, k, v, lay, 16))
+    with pytest.raises(ValueError, match="rebuild it with layout_lut"):
+        block_sparse_attention(q, k, v, compiled, 16, causal=False)
 
 
 def test_empty_layout_rows_give_zeros():

@@ -7,6 +7,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from kernels_common import DEVICE  # noqa: E402
 from lceval.attention import build_attention  # noqa: E402
 from lceval.attention.base import use_triton  # noqa: E402
 
@@ -17,7 +18,7 @@ VARIANTS = [("full", {}), ("flash", {}), ("sliding_window", {"window": 20}),
 @pytest.mark.parametrize("name,params", VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_forced_kernels_match_torch_paths(name, params, monkeypatch):
     g = torch.Generator().manual_seed(75)
-    q, k, v = (torch.randn(1, h, 75, 32, generator=g) for h in (4, 2, 2))
+    q, k, v = (torch.randn(1, h, 75, 32, generator=g).to(DEVICE) for h in (4, 2, 2))
     attn = build_attention(name, **params)
     exact = attn(q.double(), k.double(), v.double(), causal=True)  # the torch path in float64 (a kernel never runs it)
     monkeypatch.setenv("LCEVAL_TRITON", "off")
@@ -66,7 +67,7 @@ def test_linear_chunk_is_honoured_or_the_torch_path_runs(monkeypatch):
     real = lceval.kernels.linear_attention
     monkeypatch.setattr(lceval.kernels, "linear_attention", lambda *a, **k: seen.append(k["chunk"]) or real(*a, **k))
     monkeypatch.setenv("LCEVAL_TRITON", "force")
-    q = torch.randn(1, 2, 40, 16, generator=torch.Generator().manual_seed(40))
+    q = torch.randn(1, 2, 40, 16, generator=torch.Generator().manual_seed(40)).to(DEVICE)
     for chunk, impl in [(16, "triton"), (32, "triton"), (24, "torch.chunked"), (8, "torch.chunked")]:
         attn = build_attention("linear", chunk=chunk)
         attn(q, q, q, causal=True)

@@ -42,3 +42,24 @@ def test_rows_without_keys_are_zero_and_lse():
     s = s.masked_fill(torch.arange(30)[None, :] > qi, float("-inf"))
     want = torch.logsumexp(s[:, :, 40:], -1)
     assert (lse[:, :, 40:].double() - want).abs().max() < 1e-4
+
+
+def test_tiles_fit_shared_memory(monkeypatch):
+    """The tile choice shrinks stages, then tiles, so every dtype and head dim fits (fp32 hd80 overflowed an H100)."""
+    from lceval.kernels.flash.kernel import MODE_DENSE, MODE_LAYOUT, MODE_WINDOW
+    from lceval.kernels.flash.launch import H100_SMEM, _smem, _tiles
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("LCEVAL_FLASH_TILES", raising=False)
+    monkeypatch.delenv("LCEVAL_SPARSE_TILES", raising=False)
+    for limit in (H100_SMEM, 101376):  # an H100, and a GPU with 99 KiB per block
+        for D in (16, 32, 64, 80, 128):
+            block_d = max(16, 1 << (D - 1).bit_length())
+            for elt in (2, 4):
+                for mode, block in ((MODE_DENSE, None), (MODE_WINDOW, None), (MODE_LAYOUT, 64)):
+                    m, n, w, st = _tiles(D, mode, block, elt, limit)
+                    assert st >= 1 and _smem(m, n, block_d, elt, st) <= limit, (limit, D, elt, mode)
+                    if block:
+                        assert (m, n) == (block, block)  # block-sparse tiles are the layout's blocks
+    assert _tiles(128, MODE_DENSE, None, 2, H100_SMEM) == (128, 128, 8, 3)  # the tuned bf16 config is kept
+    assert _tiles(128, MODE_DENSE, None, 4, H100_SMEM) == (64, 64, 4, 2)
