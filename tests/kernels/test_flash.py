@@ -38,8 +38,8 @@ def test_rows_without_keys_are_zero_and_lse():
     assert torch.isfinite(out).all() and out[:, :, :40].abs().max() == 0
     assert torch.isneginf(lse[:, :, :40]).all()
     s = (q.double() @ k.double().repeat_interleave(2, 1).transpose(-1, -2)) / 32**0.5
-    qi = torch.arange(70)[:, None] - 40
-    s = s.masked_fill(torch.arange(30)[None, :] > qi, float("-inf"))
+    qi = torch.arange(70, device=q.device)[:, None] - 40
+    s = s.masked_fill(torch.arange(30, device=q.device)[None, :] > qi, float("-inf"))
     want = torch.logsumexp(s[:, :, 40:], -1)
     assert (lse[:, :, 40:].double() - want).abs().max() < 1e-4
 
