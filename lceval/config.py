@@ -91,17 +91,67 @@ class TrainRecipe(Strict):
         return self.tasks if self.tasks is not None else {self.task: TaskMix(config=self.task_config)}
 
 
+class RopeSpec(Strict):
+    """A RoPE override for a rotary Hugging Face model: base ``theta`` and/or a length-extension ``scaling``."""
+
+    theta: float | None = pydantic.Field(None, gt=0)
+    scaling: Literal["linear", "dynamic", "yarn"] | None = None
+    factor: float = pydantic.Field(1.0, ge=1.0, description="how many times the trained length to stretch to")
+    original_max_position_embeddings: pydantic.PositiveInt | None = None
+
+
 class ModelSpec(Strict):
-    """A model: ``type: reference`` with a ``checkpoint`` directory or a ``train`` recipe."""
+    """A model.
+
+    * ``type: reference``: lceval's transformer, from a ``checkpoint`` directory or a ``train`` recipe;
+    * ``type: hf``: a local Hugging Face causal LM directory (``path``; safetensors only), with ``dtype``,
+      ``chat_template``, ``trust_remote_code`` and a ``rope`` override;
+    * ``type: module``: ``factory: package.module:callable`` returning a model that follows
+      ``lceval.models.module.LcevalModel`` and a tokenizer (``options`` are its keyword arguments).
+    """
 
     type: str = "reference"
     checkpoint: SafePath | None = None
     train: TrainRecipe | None = None
+    path: SafePath | None = None
+    factory: str | None = None
+    options: dict[str, Any] = pydantic.Field(default_factory=dict)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    chat_template: bool = False
+    trust_remote_code: bool = False
+    rope: RopeSpec | None = None
+
+    @pydantic.field_validator("factory")
+    @classmethod
+    def _factory_ref(cls, v):
+        import re
+
+        if v is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
+            raise ValueError(f"must be package.module:callable, e.g. mypkg.models:build (got {v!r})")
+        return v
 
     @pydantic.model_validator(mode="after")
     def _one_source(self):
-        if self.type == "reference" and (self.checkpoint is None) == (self.train is None):
-            raise ValueError("a reference model needs exactly one of 'checkpoint' or 'train'")
+        given = {k for k in ("checkpoint", "train", "path", "factory") if getattr(self, k) is not None}
+        if self.type == "reference":
+            if (self.checkpoint is None) == (self.train is None):
+                raise ValueError("a reference model needs exactly one of 'checkpoint' or 'train'")
+            allowed = {"checkpoint", "train"}
+        elif self.type == "hf":
+            if self.path is None:
+                raise ValueError("an hf model needs 'path': a local directory saved with save_pretrained")
+            allowed = {"path"}
+        elif self.type == "module":
+            if self.factory is None:
+                raise ValueError("a module model needs 'factory: package.module:callable'")
+            allowed = {"factory"}
+        else:
+            return self  # a plugin's own adapter checks its fields
+        if given - allowed:
+            raise ValueError(f"a {self.type} model takes {' or '.join(sorted(allowed))}, not "
+                             f"{', '.join(sorted(given - allowed))}")
+        if self.type != "hf" and (self.chat_template or self.trust_remote_code or self.rope is not None):
+            raise ValueError("chat_template, trust_remote_code and rope apply to hf models only")
         return self
 
 
@@ -254,6 +304,10 @@ def resolve(data: dict, base_dir: Path) -> Resolved:
                 raise ConfigError(f"models.{name}.checkpoint", str(exc)) from None
         elif spec.checkpoint is not None and not spec.checkpoint.is_absolute():
             spec.checkpoint = (base_dir / spec.checkpoint).resolve()
+        if spec.path is not None and not spec.path.is_absolute():
+            spec.path = (base_dir / spec.path).resolve()
+        if spec.type in ("hf", "module"):
+            check_external(spec, f"models.{name}")
         if spec.type == "reference" and spec.checkpoint is not None:
             if not is_complete(spec.checkpoint):
                 raise ConfigError(f"models.{name}.checkpoint", f"no reference checkpoint at {spec.checkpoint} "
@@ -297,8 +351,35 @@ def check_attention(spec: AttentionSpec, where: str):
         raise ConfigError(where, str(exc)) from None
 
 
+def check_external(spec: ModelSpec, where: str) -> None:
+    """Config-time checks of hf and module models: weights, model type, rope override, factory import."""
+    if spec.type == "hf":
+        from lceval.models.hf import check_supported, check_weights, position_of, read_config
+
+        try:
+            raw = read_config(spec.path)
+            check_supported(raw)
+            check_weights(spec.path)
+        except UserError as exc:
+            raise ConfigError(f"{where}.path", str(exc)) from None
+        if spec.rope is not None and position_of(raw) != "rotary":
+            raise ConfigError(f"{where}.rope", f"the model at {spec.path} uses {position_of(raw)} positions; "
+                              "a RoPE override needs a rotary model")
+    else:
+        from lceval.models.module import load_factory
+
+        try:
+            load_factory(spec.factory)
+        except UserError as exc:
+            raise ConfigError(f"{where}.factory", str(exc)) from None
+
+
 def model_position(spec: ModelSpec) -> str | None:
-    """The position encoding a reference model uses (from its recipe or its card)."""
+    """The position encoding a model uses (a reference model's recipe or card, an hf model's config)."""
+    if spec.type == "hf":
+        from lceval.models.hf import position_of, read_config
+
+        return position_of(read_config(spec.path))
     if spec.train is not None:
         return spec.train.position
     if spec.type == "reference" and spec.checkpoint is not None:
@@ -308,8 +389,8 @@ def model_position(spec: ModelSpec) -> str | None:
 
 def check_compatible(position: str | None, attention, where: str) -> None:
     """Refuse pairings that cannot run, e.g. a score bias (ALiBi) with linear attention."""
-    if position is None:
-        return
+    if position is None or position not in registry.positions.names():
+        return  # an external model's own encoding (e.g. learned absolute): nothing lceval applies
     pos_cls = registry.positions.get(position)
     if pos_cls.needs_score_mod and not attention.supports_score_mod:
         able = [n for n in registry.attention.names() if registry.attention.get(n).supports_score_mod]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from lceval.errors import UserError
+
 SPECIALS = ["[PAD]", "[UNK]", "[BOS]"]
 _ANCHOR = "."  # a neighbour for encoding a piece as it appears mid-text (see TextTokenizer.piece)
 PIECE_METHOD = "anchored/1"  # part of every sample-cache key: a change here regenerates cached samples
@@ -20,11 +22,13 @@ PIECE_METHOD = "anchored/1"  # part of every sample-cache key: a change here reg
 class TextTokenizer:
     """Wraps a ``tokenizers.Tokenizer`` or a transformers tokenizer."""
 
-    def __init__(self, backend, *, bos_id: int | None = None, eos_id: int | None = None, name: str = "custom"):
+    def __init__(self, backend, *, bos_id: int | None = None, eos_id: int | None = None, name: str = "custom",
+                 chat: tuple[list[int], list[int]] | None = None):
         self.backend = backend
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.name = name
+        self.chat = chat  # a chat template's (head, tail) ids around the user's message, if prompts are wrapped
         self._cache: dict[str, list[int]] = {}  # encode(text)
         self._pieces: dict[str, list[int]] = {}  # piece(text)
         self._anchor: list[int] | None = None  # ids of the anchor piece() encodes after
@@ -70,7 +74,17 @@ class TextTokenizer:
         return self._anchor
 
     def prefix(self) -> list[int]:
+        """Ids every prompt starts with: the chat template's head, else the BOS token if there is one."""
+        if self.chat is not None:
+            return list(self.chat[0])
         return [] if self.bos_id is None else [self.bos_id]
+
+    def suffix(self) -> list[int]:
+        """Ids every prompt ends with: the chat template's tail (its generation prompt), else none.
+
+        Tasks count prefix and suffix against the requested length, so a wrapped prompt is still exact.
+        """
+        return [] if self.chat is None else list(self.chat[1])
 
     def decode(self, ids: list[int]) -> str:
         return self.backend.decode(ids)
@@ -91,13 +105,30 @@ class TextTokenizer:
         if self._fingerprint is None:
             backend = self.backend
             raw = backend.to_str() if isinstance(backend, Tokenizer) else str(sorted(backend.get_vocab().items()))
+            if self.chat is not None:  # wrapped prompts are other samples
+                raw += f"chat:{self.chat}"
             self._fingerprint = hashlib.sha256(raw.encode()).hexdigest()[:16]
         return self._fingerprint
 
     @classmethod
-    def from_hf(cls, tokenizer) -> TextTokenizer:
-        """Wrap a transformers tokenizer (its BOS token, if any, starts every prompt)."""
-        return cls(tokenizer, bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id, name=type(tokenizer).__name__)
+    def from_hf(cls, tokenizer, chat_template: bool = False) -> TextTokenizer:
+        """Wrap a transformers tokenizer (its BOS token, if any, starts every prompt).
+
+        With ``chat_template`` every prompt becomes one user message in the tokenizer's chat template with a
+        generation prompt: the template's text before and after the message is tokenized once, as the
+        template renders it, and counts against the length budget.
+        """
+        chat = None
+        if chat_template:
+            if not getattr(tokenizer, "chat_template", None):
+                raise UserError(f"{type(tokenizer).__name__} has no chat template; set chat_template: false")
+            marker = "\x00LCEVAL-MESSAGE\x00"
+            text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False,
+                                                 add_generation_prompt=True)
+            head, tail = text.split(marker)
+            chat = (tokenizer.encode(head, add_special_tokens=False), tokenizer.encode(tail, add_special_tokens=False))
+        return cls(tokenizer, bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
+                   name=type(tokenizer).__name__, chat=chat)
 
     # -- persistence ------------------------------------------------------------------
     def save(self, path: Path) -> None:

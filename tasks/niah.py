@@ -79,7 +79,7 @@ class NeedleInAHaystack(Task):
             key = KEYS[rng.integers(len(KEYS))]
             value = self.values()[rng.integers(self.config.n_values)]
             needle = tokenizer.piece(NEEDLE.format(key=key, value=value))
-            question = tokenizer.piece(QUESTION.format(key=key))
+            question = tokenizer.piece(QUESTION.format(key=key)) + tokenizer.suffix()  # a chat template's tail
             prefix = tokenizer.prefix()
             budget = length - len(prefix) - len(needle) - len(question)
             if budget < 0:

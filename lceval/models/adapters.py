@@ -14,12 +14,15 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
+import torch
 from torch import nn
 
 from lceval.attention import Attention
 from lceval.config import ModelSpec
 from lceval.models.checkpoint import is_complete, load_checkpoint, zoo_path
 from lceval.tokenizer import TextTokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def cache_dir() -> Path:
@@ -79,6 +82,8 @@ class ReferenceAdapter(ModelAdapter):
         self.content_hash = content_hash(self.path) if is_complete(self.path) else None
         self.model, self.tokenizer, self.card = load_checkpoint(self.path)
         self.model.to(self.device)
+        if self.spec.dtype != "auto":  # weights and activations in this dtype; attention accumulates in float32
+            self.model.to(DTYPES[self.spec.dtype])
         arch = self.model.arch
         self.position = arch.position
         self.n_heads = arch.n_heads

@@ -62,7 +62,7 @@ class _WordCount(Task):
     def _frame(self, tokenizer, head: str, question: str, length: int):
         """Prefix, question, each pool word's tokens, the token budget and the word budget."""
         prefix = tokenizer.prefix() + tokenizer.piece(head)
-        q = tokenizer.piece(question)
+        q = tokenizer.piece(question) + tokenizer.suffix()
         word_ids = [tokenizer.piece(w) for w in self.words]
         self._stop = next((p for p in map(tokenizer.piece, [".", ",", "the", "a"]) if len(p) == 1), [])
         budget = length - len(prefix) - len(q)

@@ -112,7 +112,7 @@ class RulerNiah(Task):
         queried, table = self._draw(rng, n_queries)
         needles = [(k, v) for k in queried for v in table[k]]
         distractors = [(k, v) for k, vs in table.items() if k not in queried for v in vs]
-        question = self._question(tokenizer, queried)
+        question = self._question(tokenizer, queried) + tokenizer.suffix()  # a chat template's tail
         prefix = tokenizer.prefix()
         pieces = [self._needle(tokenizer, k, v) for k, v in needles]
         extra = [self._needle(tokenizer, k, v) for k, v in distractors]

@@ -97,7 +97,7 @@ class QA(Task):
             item = self.items[i % len(self.items)]
             gold = tokenizer.piece(item["gold"])
             head = tokenizer.prefix() + tokenizer.piece(HEAD)
-            question = tokenizer.piece(QUESTION.format(question=item["question"]))
+            question = tokenizer.piece(QUESTION.format(question=item["question"])) + tokenizer.suffix()
             budget = length - len(head) - len(gold) - len(question)
             others = [j for j in rng.permutation(len(self.items)) if self.items[j]["gold"] != item["gold"]]
             hay, starts = [], []

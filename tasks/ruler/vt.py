@@ -68,7 +68,7 @@ class VariableTracking(Task):
             spots = sorted(rng.random(len(steps)))  # in order: each statement after the one it copies
             statements += [tokenizer.piece(s) for s in steps]
             fracs += spots
-        question = tokenizer.piece(QUESTION.format(value=values[0]))
+        question = tokenizer.piece(QUESTION.format(value=values[0])) + tokenizer.suffix()
         prefix = tokenizer.prefix()
         budget = length - len(prefix) - sum(map(len, statements)) - len(question)
         hay, starts = fill(self._pool(tokenizer), rng, budget, self.name, length)

@@ -1,0 +1,244 @@
+"""Local Hugging Face causal LMs, with every lceval attention variant swapped in.
+
+``type: hf`` loads a local directory (config, safetensors weights, tokenizer)
+with transformers; nothing is downloaded and pickled weights are never loaded.
+The attention variant runs inside the model through transformers' attention
+interface: lceval registers one attention function, ``"lceval"``, which
+receives q, k, v already position-encoded by the model (its rotary
+embeddings, its grouped key/value heads, its KV cache) plus the model's own
+scaling, and hands them to the pairing's ``Attention``. The same function
+feeds attention capture.
+
+The model's causal structure is what lceval's variants apply themselves
+(bottom-right aligned, so cached decoding works); lceval never pads, so the
+attention mask transformers would build carries no information and is not
+built. Models that carry something else in the mask or the attention call
+(ALiBi biases, attention sinks, logit soft-capping) are refused with a
+message rather than evaluated wrongly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from lceval.attention import Attention
+from lceval.config import ModelSpec
+from lceval.errors import UserError
+from lceval.models.adapters import DTYPES, ModelAdapter
+from lceval.tokenizer import TextTokenizer
+
+IMPL = "lceval"
+PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "model.ckpt.index", "flax_model.msgpack")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+#: model types whose positions are learned absolute embeddings (the table's size is the limit)
+LEARNED = {"gpt2": "n_positions", "gpt_neo": "max_position_embeddings", "opt": "max_position_embeddings",
+           "gptj": None, "biogpt": "max_position_embeddings", "xglm": None}
+#: model types whose position bias travels in the attention mask or call, which lceval variants cannot apply
+REFUSED = {"bloom": "ALiBi biases in the attention mask", "mpt": "ALiBi biases in the attention mask",
+           "falcon": "ALiBi biases in the attention mask (alibi models)", "gpt_oss": "attention sinks",
+           "gemma2": "attention logit soft-capping"}
+
+
+def read_config(path: Path) -> dict:
+    import json
+
+    if not Path(path).is_dir():
+        raise UserError(f"no model directory at {path}; `path` must be a local folder saved with save_pretrained")
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise UserError(f"{path} holds no config.json; point `path` at a saved Hugging Face model directory "
+                        "(model.save_pretrained(dir) writes one)")
+    return json.loads(file.read_text())
+
+
+def position_of(config: dict) -> str:
+    """The position encoding a checkpoint uses, as lceval reports it."""
+    mt = config.get("model_type", "")
+    if mt in LEARNED:
+        return "learned"
+    if mt in ("bloom", "mpt") or config.get("alibi"):
+        return "alibi"
+    if "rope_theta" in config or "rope_parameters" in config or "rope_scaling" in config or "rotary_dim" in config:
+        return "rotary"
+    return "unknown"
+
+
+def check_weights(path: Path) -> None:
+    """Safetensors only: a directory with only pickled weights is refused, never unpickled."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"no model directory at {path}; `path` must be a local folder saved with save_pretrained")
+    if any(path.glob("*.safetensors")):
+        if not any((path / n).is_file() for n in TOKENIZER_FILES):
+            raise UserError(f"{path} holds no tokenizer ({' or '.join(TOKENIZER_FILES)}); save it beside the "
+                            "weights with tokenizer.save_pretrained(dir)")
+        return
+    pickled = [p.name for p in path.iterdir() if p.name in PICKLED or p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+    if pickled:
+        raise UserError(f"{path} holds only pickled weights ({', '.join(sorted(pickled))}); lceval never unpickles "
+                        "model files: convert them once where you trust them, with "
+                        "model.save_pretrained(dir, safe_serialization=True)")
+    raise UserError(f"{path} holds no *.safetensors weights; save the model with save_pretrained")
+
+
+def check_supported(config: dict, where: str = "") -> None:
+    mt = config.get("model_type", "")
+    if (mt in REFUSED and not (mt == "falcon" and not config.get("alibi"))) or (config.get("alibi") and mt != "falcon"):
+        why = REFUSED.get(mt, "ALiBi biases in the attention mask")
+        raise UserError(f"{where}model type {mt!r} carries {why}, which lceval's attention variants cannot "
+                        "apply; evaluating it with them would be silently wrong")
+
+
+# -- the attention function transformers calls -------------------------------------------------------------------
+def lceval_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask, scaling=None,
+                     dropout: float = 0.0, **kwargs):
+    """transformers' attention-function signature: q (B, H, T, D), k/v (B, H_kv, S, D) -> ((B, T, H, D), None)."""
+    config = module.config
+    attention: Attention | None = getattr(config, "lceval_attention", None)
+    if attention is None:
+        raise RuntimeError("the 'lceval' attention implementation was used without an lceval Attention attached")
+    for name in ("s_aux", "sinks"):
+        if kwargs.get(name) is not None:
+            raise UserError(f"this model passes {name} (attention sinks) to its attention; lceval variants cannot "
+                            "apply them")
+    if kwargs.get("softcap"):
+        raise UserError("this model soft-caps attention logits; lceval variants cannot apply that")
+    capture = getattr(config, "lceval_capture", None)
+    if capture is not None:
+        capture.record(getattr(module, "layer_idx", 0), attention, query, key, value, scale=scaling)
+    out = attention(query, key, value, causal=True, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _no_mask(*args, **kwargs):
+    """lceval never pads and its variants apply causality themselves: no mask is built (O(T x S) at long lengths)."""
+    return None
+
+
+def register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(IMPL, lceval_attention)
+    AttentionMaskInterface.register(IMPL, _no_mask)
+
+
+class HFModel(nn.Module):
+    """The runner's model protocol (``hidden``, ``logits_at``, ``new_cache``, ``capture``) over a transformers LM."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        self.base = lm.base_model
+        self.head = lm.get_output_embeddings()
+        self.final_softcap = getattr(lm.config, "final_logit_softcapping", None)
+
+    @property
+    def capture(self):
+        return getattr(self.lm.config, "lceval_capture", None)
+
+    @capture.setter
+    def capture(self, value) -> None:
+        self.lm.config.lceval_capture = value
+
+    def new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.lm.config)
+
+    def hidden(self, ids: Tensor, cache=None) -> Tensor:
+        out = self.base(input_ids=ids, past_key_values=cache, use_cache=cache is not None)
+        return out.last_hidden_state
+
+    def logits_at(self, hidden: Tensor, index: Tensor) -> Tensor:
+        picked = torch.gather(hidden, 1, index[..., None].expand(-1, -1, hidden.shape[-1]))
+        logits = self.head(picked)
+        if self.final_softcap:
+            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
+        return logits
+
+
+def rope_overrides(config, rope) -> None:
+    """Apply a pairing model's RoPE override (theta, linear / dynamic / yarn scaling) to a transformers config."""
+    if rope is None:
+        return
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    if rope.theta is not None:
+        params["rope_theta"] = rope.theta
+        if hasattr(config, "rope_theta"):
+            config.rope_theta = rope.theta
+    if rope.scaling is not None:
+        params["rope_type"] = rope.scaling
+        params["factor"] = rope.factor
+        if rope.scaling in ("yarn", "dynamic", "longrope"):
+            params.setdefault("original_max_position_embeddings",
+                              rope.original_max_position_embeddings or config.max_position_embeddings)
+    config.rope_parameters = params
+
+
+class HFAdapter(ModelAdapter):
+    """``type: hf``: a local transformers causal LM directory (safetensors only)."""
+
+    name = "hf"
+
+    def prepare(self) -> None:
+        if getattr(self, "lm", None) is not None:
+            return
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        spec = self.spec
+        path = Path(spec.path)
+        raw = read_config(path)
+        check_supported(raw)
+        check_weights(path)
+        register()
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=spec.trust_remote_code)
+        rope_overrides(config, spec.rope)
+        dtype = "auto" if spec.dtype == "auto" else DTYPES[spec.dtype]
+        self.lm = AutoModelForCausalLM.from_pretrained(
+            path, config=config, dtype=dtype, use_safetensors=True, local_files_only=True,
+            trust_remote_code=spec.trust_remote_code, attn_implementation=IMPL)
+        self.lm.eval().to(self.device)
+        hf_tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=spec.trust_remote_code)
+        self.tokenizer = TextTokenizer.from_hf(hf_tok, chat_template=spec.chat_template)
+        cfg = self.lm.config
+        self.position = position_of(raw)
+        self.n_heads = cfg.num_attention_heads
+        table = LEARNED.get(raw.get("model_type", ""))
+        self.max_length = getattr(cfg, table) if table and self.position == "learned" else None
+        if raw.get("model_type") == "opt":
+            self.max_length = cfg.max_position_embeddings  # OPT offsets its table by 2, which transformers handles
+        self.path = path
+        self.content_hash = weights_hash(path)
+
+    def with_attention(self, attention: Attention) -> nn.Module:
+        self.lm.config.lceval_attention = attention
+        return HFModel(self.lm)
+
+    def describe(self) -> dict:
+        cfg = self.lm.config
+        return {"type": self.name, "path": str(self.path), "model_type": cfg.model_type, "position": self.position,
+                "rope": getattr(cfg, "rope_parameters", None) if self.position == "rotary" else None,
+                "dtype": str(next(self.lm.parameters()).dtype).removeprefix("torch."),
+                "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
+                "chat_template": self.spec.chat_template, "sha256": self.content_hash}
+
+
+def weights_hash(path: Path) -> str:
+    """sha256 over a directory's weights, config and tokenizer files (the run identity of an HF model)."""
+    h = hashlib.sha256()
+    for file in sorted(Path(path).iterdir()):
+        if file.is_file() and (file.suffix in (".safetensors", ".json", ".model", ".txt", ".jinja")):
+            h.update(file.name.encode())
+            with open(file, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def model_spec_position(spec: ModelSpec) -> str | None:
+    return position_of(read_config(Path(spec.path)))

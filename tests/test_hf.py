@@ -1,0 +1,305 @@
+"""Hugging Face models (``type: hf``) and user modules (``type: module``).
+
+Tiny random Llama, Mistral, Qwen2 and GPT-2 models are built here from configs with a byte-level BPE
+trained here (nothing downloaded) and saved as safetensors, as a user's local checkpoint would be.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from click.testing import CliRunner  # noqa: E402
+
+from conftest import small_config, train_byte_bpe  # noqa: E402
+from lceval.attention import build_attention  # noqa: E402
+from lceval.cli import main  # noqa: E402
+from lceval.config import ModelSpec  # noqa: E402
+from lceval.generate import greedy_generate  # noqa: E402
+from lceval.models.hf import HFAdapter  # noqa: E402
+from lceval.store import read_rows  # noqa: E402
+from lceval.tasks.haystack import essay_sentence  # noqa: E402
+from lceval.tasks.niah import KEYS, NEEDLE, QUESTION  # noqa: E402
+
+FAMILIES = ["llama", "mistral", "qwen2", "gpt2"]
+CHAT = ("{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %} <|assistant|>{% endif %}")
+
+
+def _tokenizer():
+    from transformers import PreTrainedTokenizerFast
+
+    rng = np.random.default_rng(0)
+    corpus = [essay_sentence(rng) for _ in range(400)]
+    corpus += [NEEDLE.format(key=k, value=100 + i) + " " + QUESTION.format(key=k) for i, k in enumerate(KEYS)]
+    tok = PreTrainedTokenizerFast(tokenizer_object=train_byte_bpe(corpus, 400), bos_token="<s>", eos_token="<s>")
+    tok.chat_template = CHAT
+    return tok
+
+
+def _config(family: str, vocab: int, bos: int):
+    import transformers as tf
+
+    common = dict(vocab_size=vocab, bos_token_id=bos, eos_token_id=bos)
+    if family == "gpt2":
+        return tf.GPT2Config(n_positions=128, n_embd=64, n_layer=2, n_head=4, **common)
+    cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config}[family]
+    return cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=512, **common)
+
+
+@pytest.fixture(scope="session")
+def hf_models(tmp_path_factory) -> dict[str, Path]:
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("hf")
+    tok = _tokenizer()
+    out = {}
+    for family in FAMILIES:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(_config(family, len(tok), tok.bos_token_id))
+        with torch.no_grad():  # larger weights than the default init, so variants change the argmax
+            for p in model.parameters():
+                p.mul_(4.0) if p.dim() > 1 else None
+        model.save_pretrained(root / family)
+        tok.save_pretrained(root / family)
+        out[family] = root / family
+    return out
+
+
+def _adapter(path, **spec) -> HFAdapter:
+    a = HFAdapter(ModelSpec(type="hf", path=path, **spec))
+    a.prepare()
+    return a
+
+
+def _eager(path, **kw):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", **kw).eval()
+
+
+def _prompt(adapter, words=12):
+    text = " ".join(essay_sentence(np.random.default_rng(words)) for _ in range(3))
+    ids = adapter.tokenizer.prefix() + adapter.tokenizer.piece(text)
+    return torch.tensor([ids[:words]])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generation_equals_transformers_eager(family, hf_models):
+    """Greedy decoding through lceval's full and flash attention emits exactly what transformers' eager
+    attention generates, and the logits agree at every position."""
+    adapter = _adapter(hf_models[family])
+    eager = _eager(hf_models[family])
+    ids = _prompt(adapter, 20)
+    want = eager.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)[0, ids.shape[1]:].tolist()
+    with torch.no_grad():
+        ref = eager(ids).logits
+    for name in ("full", "flash"):
+        model = adapter.with_attention(build_attention(name))
+        got = greedy_generate(model, ids, 12, stop_ids=[])[0].tokens
+        assert got == want, name
+        with torch.no_grad():
+            logits = model.logits_at(model.hidden(ids), torch.arange(ids.shape[1])[None])
+        assert (logits - ref).abs().max() < 1e-4, name
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_every_variant_decodes_with_the_cache_as_by_recomputation(family, hf_models):
+    adapter = _adapter(hf_models[family])
+    ids = _prompt(adapter, 40)
+    variants = [("full", {}), ("flash", {}), ("sliding_window", {"window": 7}),
+                ("sparse", {"block": 16, "local_blocks": 1, "global_blocks": 1}), ("linear", {})]
+    outputs = {}
+    for name, params in variants:
+        model = adapter.with_attention(build_attention(name, **params))
+        cached = greedy_generate(model, ids, 10, stop_ids=[])[0].tokens
+        assert cached == greedy_generate(model, ids, 10, stop_ids=[], recompute=True)[0].tokens, name
+        outputs[name] = cached
+    assert outputs["full"] == outputs["flash"]
+    logits = {}
+    for name in ("full", "linear"):  # the variant really runs inside the model
+        model = adapter.with_attention(build_attention(name))
+        with torch.no_grad():
+            logits[name] = model.logits_at(model.hidden(ids), torch.arange(ids.shape[1])[None])
+    assert (logits["full"] - logits["linear"]).abs().max() > 1e-2
+    # a window as long as the input is full attention
+    wide = adapter.with_attention(build_attention("sliding_window", window=ids.shape[1] + 10))
+    assert greedy_generate(wide, ids, 10, stop_ids=[])[0].tokens == outputs["full"]
+
+
+def test_rope_override_matches_transformers_with_the_same_scaling(hf_models):
+    path = hf_models["llama"]
+    scaled = _adapter(path, rope={"scaling": "linear", "factor": 4.0, "theta": 500.0})
+    plain = _adapter(path)
+    assert scaled.describe()["rope"]["rope_type"] == "linear" and scaled.describe()["rope"]["rope_theta"] == 500.0
+    cfg = transformers.AutoConfig.from_pretrained(path)
+    cfg.rope_parameters = {"rope_type": "linear", "factor": 4.0, "rope_theta": 500.0}
+    eager = _eager(path, config=cfg)
+    ids = _prompt(scaled, 30)
+    with torch.no_grad():
+        want = eager(ids).logits
+        index = torch.arange(ids.shape[1])[None]
+        got = scaled.with_attention(build_attention("full"))
+        got = got.logits_at(got.hidden(ids), index)
+        base = plain.with_attention(build_attention("full"))
+        base = base.logits_at(base.hidden(ids), index)
+    assert (got - want).abs().max() < 1e-4
+    assert (got - base).abs().max() > 1e-2  # the override changed the positions
+
+
+def test_sliding_window_equals_mistrals_own_window(tmp_path):
+    """lceval's sliding_window(W) inside a Mistral model equals that model's own sliding-window eager attention."""
+    import transformers as tf
+
+    tok = _tokenizer()
+    torch.manual_seed(1)
+    cfg = _config("mistral", len(tok), tok.bos_token_id)
+    cfg.sliding_window = 8
+    model = tf.MistralForCausalLM(cfg)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    eager = _eager(tmp_path / "m")
+    adapter = _adapter(tmp_path / "m")
+    ids = _prompt(adapter, 40)
+    index = torch.arange(ids.shape[1])[None]
+    with torch.no_grad():
+        want = eager(ids).logits
+        win = adapter.with_attention(build_attention("sliding_window", window=8))
+        got = win.logits_at(win.hidden(ids), index)
+        full = adapter.with_attention(build_attention("full"))
+        wider = full.logits_at(full.hidden(ids), index)
+    assert (got - want).abs().max() < 1e-4
+    assert (wider - want).abs().max() > 1e-3  # the window matters at 40 tokens
+
+
+def test_bfloat16_end_to_end_on_cpu(hf_models, write_config, tmp_path):
+    adapter = _adapter(hf_models["qwen2"], dtype="bfloat16")
+    assert adapter.describe()["dtype"] == "bfloat16"
+    model = adapter.with_attention(build_attention("flash"))
+    with torch.no_grad():
+        h = model.hidden(_prompt(adapter, 16))
+    assert h.dtype == torch.bfloat16 and torch.isfinite(h).all()
+    cfg = {"run": {"name": "bf16", "seed": 0},
+           "models": {"q": {"type": "hf", "path": str(hf_models["qwen2"]), "dtype": "bfloat16"}},
+           "pairings": [{"model": "q", "attention": ["flash", {"name": "sliding_window", "window": 16}]}],
+           "tasks": {"niah": {"lengths": [96], "depths": [0.5], "samples": 2}}}
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    rows = read_rows(tmp_path / "r")
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+
+
+def test_run_grid_on_hf_models(hf_models, write_config, tmp_path):
+    """lceval run over a rotary and a learned-position model: every variant runs, positions are reported,
+    GPT-2 past its 128-row table is recorded unsupported_length, not scored."""
+    cfg = {
+        "run": {"name": "hf", "seed": 0, "batch_size": 4},
+        "models": {"llama": {"type": "hf", "path": str(hf_models["llama"])},
+                   "gpt2": {"type": "hf", "path": str(hf_models["gpt2"])}},
+        "pairings": [{"model": ["llama", "gpt2"], "attention": ["full", "flash", {"name": "sliding_window", "window": 32},
+                                                              "linear"]}],
+        "tasks": {"niah": {"lengths": [96, 192], "depths": [0.0, 1.0], "samples": 2}},
+    }
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    rows = read_rows(tmp_path / "r")
+    assert len(rows) == 2 * 4 * 2 * 2 * 2
+    assert {r["position"] for r in rows if r["pairing"].startswith("llama")} == {"rotary"}
+    gpt2 = [r for r in rows if r["pairing"].startswith("gpt2")]
+    assert {r["status"] for r in gpt2 if r["context_length"] == 192} == {"unsupported_length"}
+    assert {r["status"] for r in gpt2 if r["context_length"] == 96} == {"ok"}
+    assert {r["status"] for r in rows if r["pairing"].startswith("llama")} == {"ok"}
+    full = {r["sample_id"]: r["prediction"] for r in rows if r["pairing"] == "llama/full"}
+    assert full == {r["sample_id"]: r["prediction"] for r in rows if r["pairing"] == "llama/flash"}
+
+
+def test_chat_template_prompts_are_exact(hf_models):
+    from lceval.tasks.niah import NeedleInAHaystack, NiahConfig
+
+    adapter = _adapter(hf_models["llama"], chat_template=True)
+    tok = adapter.tokenizer
+    hf = tok.backend
+    task = NeedleInAHaystack(NiahConfig(lengths=[128], depths=[0.5], samples=3), seed=0)
+    for s in task.cell_samples({"context_length": 128, "depth": 0.5}, tok, 3):
+        assert len(s.input_ids) == 128
+        head, tail = tok.prefix(), tok.suffix()
+        assert s.input_ids[: len(head)] == head and s.input_ids[-len(tail):] == tail
+        content = hf.decode(s.input_ids[len(head): -len(tail)])
+        want = hf.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                      tokenize=True, return_dict=False)
+        assert s.input_ids == list(want)
+    assert tok.fingerprint() != _adapter(hf_models["llama"]).tokenizer.fingerprint()  # other samples, other cache
+
+
+@pytest.mark.parametrize("case,want", [
+    ({"type": "hf"}, "needs 'path'"),
+    ({"type": "hf", "path": "nowhere"}, "no model directory"),
+    ({"type": "module", "factory": "no_such_pkg.mod:build"}, "cannot import"),
+    ({"type": "module", "factory": "not a ref"}, "package.module:callable"),
+    ({"type": "reference", "checkpoint": "zoo:quickstart-rotary", "rope": {"theta": 1e6}}, "hf models only"),
+])
+def test_model_config_errors(case, want, write_config, tmp_path):
+    cfg = small_config(Path("x"))
+    cfg["models"] = {"m": case}
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--dry-run"])
+    assert res.exit_code == 2 and want in res.output and "models.m" in res.output, res.output
+
+
+def test_pickled_weights_are_refused_never_loaded(hf_models, write_config, tmp_path):
+    bad = tmp_path / "pickled"
+    bad.mkdir()
+    (bad / "config.json").write_text((hf_models["llama"] / "config.json").read_text())
+    (bad / "pytorch_model.bin").write_bytes(b"not a pickle: loading it would fail differently")
+    cfg = small_config(Path("x"))
+    cfg["models"] = {"m": {"type": "hf", "path": str(bad)}}
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "never unpickles" in res.output and "safe_serialization=True" in res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_tokenizer_is_a_clear_error(hf_models, write_config, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((hf_models["llama"] / name).read_bytes())
+    cfg = small_config(Path("x"))
+    cfg["models"] = {"m": {"type": "hf", "path": str(bare)}}
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "no tokenizer" in res.output and "models.m.path" in res.output, res.output
+
+
+def test_models_with_biases_in_the_mask_are_refused(hf_models, write_config, tmp_path):
+    bloom = tmp_path / "bloom"
+    bloom.mkdir()
+    (bloom / "config.json").write_text('{"model_type": "bloom"}')
+    (bloom / "model.safetensors").write_bytes(b"")
+    cfg = small_config(Path("x"))
+    cfg["models"] = {"m": {"type": "hf", "path": str(bloom)}}
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "ALiBi" in res.output and "models.m.path" in res.output
+
+
+@pytest.mark.parametrize("cacheless", [False, True])
+def test_user_module_scores_like_the_reference_model(cacheless, quickstart_rotary, write_config, tmp_path,
+                                                     monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fixtures"))
+    sys.modules.pop("tiny_module", None)
+    cfg = small_config(quickstart_rotary)
+    cfg["models"]["mod"] = {"type": "module", "factory": "tiny_module:build",
+                            "options": {"checkpoint": str(quickstart_rotary), "cacheless": cacheless}}
+    cfg["pairings"] = [{"model": ["m", "mod"], "attention": ["flash"]}]
+    cfg["run"]["answer"] = "generate"
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    rows = read_rows(tmp_path / "r")
+    ref = {r["sample_id"]: r["prediction"] for r in rows if r["pairing"] == "m/flash"}
+    mod = {r["sample_id"]: r["prediction"] for r in rows if r["pairing"] == "mod/flash"}
+    assert len(ref) == 18 and ref == mod
+    assert {r["position"] for r in rows if r["pairing"] == "mod/flash"} == {"rotary"}
