@@ -106,6 +106,7 @@ class ModelSpec(Strict):
     * ``type: reference``: lceval's transformer, from a ``checkpoint`` directory or a ``train`` recipe;
     * ``type: hf``: a local Hugging Face causal LM directory (``path``; safetensors only), with ``dtype``,
       ``chat_template``, ``trust_remote_code`` and a ``rope`` override;
+    * every type: ``dtype`` and ``device`` (default: ``run.device``);
     * ``type: module``: ``factory: package.module:callable`` returning a model that follows
       ``lceval.models.module.LcevalModel`` and a tokenizer (``options`` are its keyword arguments).
     """
@@ -117,6 +118,7 @@ class ModelSpec(Strict):
     factory: str | None = None
     options: dict[str, Any] = pydantic.Field(default_factory=dict)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] | None = pydantic.Field(None, description="default: run.device")
     chat_template: bool = False
     trust_remote_code: bool = False
     rope: RopeSpec | None = None

@@ -77,11 +77,11 @@ def use_threads(setting: int | str = "auto") -> int:
     return n
 
 
-def pick_device(name: str) -> str:
+def pick_device(name: str, where: str = "run.device") -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("run.device", "cuda was asked for but no CUDA device is visible; use auto or cpu")
+        raise ConfigError(where, "cuda was asked for but no CUDA device is visible; use auto or cpu")
     return name
 
 
@@ -94,6 +94,8 @@ class Runner:
         self.retry_failed = retry_failed
         self.threads = use_threads(resolved.config.run.threads)
         self.device = pick_device(resolved.config.run.device)
+        self._devices = {name: self.device if spec.device is None else pick_device(spec.device, f"models.{name}.device")
+                         for name, spec in resolved.config.models.items()}
         self._adapters: dict[str, ModelAdapter] = {}
         self._samples: dict[tuple[str, str], list[Sample]] = {}
         self._tasks = {name: registry.tasks.get(name)(cfg, seed=resolved.config.run.seed)
@@ -105,7 +107,7 @@ class Runner:
     def adapter(self, name: str) -> ModelAdapter:
         if name not in self._adapters:
             spec = self.r.config.models[name]
-            adapter = registry.models.get(spec.type)(spec, device=self.device, progress=self.progress)
+            adapter = registry.models.get(spec.type)(spec, device=self._devices[name], progress=self.progress)
             adapter.prepare()
             self._adapters[name] = adapter
         return self._adapters[name]
@@ -237,7 +239,7 @@ class Runner:
         else:
             try:
                 with torch.no_grad():
-                    scored = score_batch(model, task, batch, adapter.tokenizer, device=self.device,
+                    scored = score_batch(model, task, batch, adapter.tokenizer, device=adapter.device,
                                          mode=self.r.config.run.answer)
             except (torch.OutOfMemoryError, MemoryError) as exc:
                 status, message = OOM, f"out of memory: {str(exc).splitlines()[0][:200]}"

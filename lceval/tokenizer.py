@@ -122,11 +122,25 @@ class TextTokenizer:
         if chat_template:
             if not getattr(tokenizer, "chat_template", None):
                 raise UserError(f"{type(tokenizer).__name__} has no chat template; set chat_template: false")
+
+            def render(content: str, tokenize: bool):
+                return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=tokenize,
+                                                     add_generation_prompt=True, **({"return_dict": False}
+                                                                                    if tokenize else {}))
+
             marker = "\x00LCEVAL-MESSAGE\x00"
-            text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False,
-                                                 add_generation_prompt=True)
-            head, tail = text.split(marker)
-            chat = (tokenizer.encode(head, add_special_tokens=False), tokenizer.encode(tail, add_special_tokens=False))
+            head, tail = render(marker, False).split(marker)
+            plain = cls(tokenizer)
+            # the head starts the text; the tail follows running text, so it is encoded as a piece is (anchored)
+            anchor = plain._anchor_ids()
+            after = plain._encode(_ANCHOR + tail)
+            tail_ids = after[len(anchor):] if after[: len(anchor)] == anchor else plain._encode(tail)
+            chat = (plain._encode(head), tail_ids)
+            probe = "Here"  # a message as tasks write one: pieces after a space
+            if list(render(" " + probe, True)) != chat[0] + plain.piece(probe) + chat[1]:
+                raise UserError(f"{type(tokenizer).__name__}'s chat template does not tokenize the same around a "
+                                "message as on its own, so prompt lengths could not be exact; set chat_template: "
+                                "false and write the template's text into the task instead")
         return cls(tokenizer, bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
                    name=type(tokenizer).__name__, chat=chat)
 

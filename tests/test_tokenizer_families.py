@@ -105,3 +105,24 @@ def test_a_correct_answer_scores_as_correct_in_every_family(family):
     for s in samples:
         ref_ids = [t for r in s.references for t in tok.piece(r)]
         assert ruler.score(s, ref_ids, tok.decode(ref_ids).strip(), stopped=True) == 1.0
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_chat_template_prompts_are_exact_in_every_family(family):
+    """With a chat template, a prompt is the template applied to the message: token for token, at the exact length."""
+    hf = FAMILIES[family]()
+    # role markers made of words every family's corpus holds (an unknown token would be refused)
+    hf.chat_template = ("{{ bos_token }}{% for m in messages %}Here we go .{{ m['content'] }}{% endfor %}"
+                        "{% if add_generation_prompt %} There and back again{% endif %}")
+    tok = TextTokenizer.from_hf(hf, chat_template=True)
+    head, tail = tok.prefix(), tok.suffix()
+    assert head and tail
+    task = NeedleInAHaystack(NiahConfig(lengths=[100, 257], depths=[0.0, 1.0], samples=2, haystack="mixed"))
+    for s in task.samples(tok):
+        assert len(s.input_ids) == int(s.id.split("/")[1][1:])
+        assert s.input_ids[: len(head)] == head and s.input_ids[-len(tail):] == tail
+        content = hf.decode(s.input_ids[len(head): -len(tail)])
+        content = content if content.startswith(" ") else " " + content  # pieces follow a space; some decoders drop it
+        want = hf.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                      tokenize=True, return_dict=False)
+        assert s.input_ids == list(want)
