@@ -165,6 +165,19 @@ class PairingSpec(Strict):
     label: str | None = None
 
 
+class RaySpec(Strict):
+    """Where and how wide a ``run.executor: ray`` grid runs."""
+
+    address: str = pydantic.Field("local", pattern=r"^(auto|local|ray://\S+|[\w.-]+:\d+)$",
+                                  description="local: start a Ray instance here; auto: the cluster `ray start` "
+                                              "made; ray://host:10001: a remote cluster's client port")
+    num_cpus_per_worker: float = pydantic.Field(1.0, gt=0)
+    num_gpus_per_worker: float = pydantic.Field(0.0, ge=0)
+    max_workers: pydantic.PositiveInt | None = pydantic.Field(
+        None, description="default: as many as the cluster's CPUs (or GPUs) allow")
+    max_retries: int = pydantic.Field(3, ge=0, description="times a unit is retried after its worker dies")
+
+
 class RunSpec(Strict):
     name: str = pydantic.Field("run", pattern=r"^[A-Za-z0-9_.-]+$", max_length=100,
                                description="the run's folder under runs/: letters, digits, '_', '.', '-'")
@@ -185,6 +198,9 @@ class RunSpec(Strict):
         "auto", description="torch threads; auto: $OMP_NUM_THREADS if set, else the cores this process may use")
     answer: Literal["auto", "generate"] = pydantic.Field(
         "auto", description="auto: teacher forcing where it equals greedy decoding, else generation")
+    executor: Literal["local", "ray"] = pydantic.Field(
+        "local", description="local: this process; ray: a Ray cluster (pip install -e '.[ray]')")
+    ray: RaySpec = pydantic.Field(default_factory=lambda: RaySpec())
 
 
 class ReportSpec(Strict):

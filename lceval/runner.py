@@ -47,11 +47,24 @@ class RunSummary:
         return sum(n for s, n in self.status_counts.items() if s in FAILED)
 
 
+@dataclass
+class Unit:
+    """One batch of work: samples of one prompt length for one pairing and task."""
+
+    pairing: Pairing
+    task: str
+    batch: list[Sample]
+    seq: int  # the longest sequence the answer can need
+    size: int  # the batch size the memory budget allows (0: skipped_memory)
+
+
 def identity(resolved: Resolved, limit: int | None, models: dict[str, dict]) -> dict:
     """Everything that decides the rows: the config without settings that change no result
-    (report, run.name, run.batch_size, run.threads), --limit, task versions, model contents, the lceval version."""
+    (report, run.name, run.batch_size, run.threads, where it runs: run.executor and run.ray), --limit, task
+    versions, model contents, the lceval version."""
     config = resolved.config.model_dump(mode="json", exclude={"report"})
-    config["run"] = {k: v for k, v in config["run"].items() if k not in ("name", "batch_size", "threads")}
+    config["run"] = {k: v for k, v in config["run"].items()
+                     if k not in ("name", "batch_size", "threads", "executor", "ray")}
     return {"config": config, "limit": limit,
             "task_versions": {name: registry.tasks.get(name).version for name in resolved.tasks},
             "models": {name: m.get("sha256") for name, m in models.items()},
@@ -94,9 +107,17 @@ class Runner:
         self.retry_failed = retry_failed
         self.threads = use_threads(resolved.config.run.threads)
         self.device = pick_device(resolved.config.run.device)
+        if resolved.config.run.executor == "ray":
+            from lceval.executor import check_available
+
+            check_available()
         self._devices = {name: self.device if spec.device is None else pick_device(spec.device, f"models.{name}.device")
                          for name, spec in resolved.config.models.items()}
         self._adapters: dict[str, ModelAdapter] = {}
+        self._built: dict[str, tuple] = {}  # pairing label -> (attention, model with it)
+        self._active: dict[str, str] = {}  # model name -> the pairing whose attention it holds now
+        self._redo: set = set()
+        self.run_id: str | None = None
         self._samples: dict[tuple[str, str], list[Sample]] = {}
         self._tasks = {name: registry.tasks.get(name)(cfg, seed=resolved.config.run.seed)
                        for name, cfg in resolved.tasks.items()}
@@ -180,25 +201,30 @@ class Runner:
             bar = tqdm(total=self.grid_size(), initial=summary.skipped_done, desc="lceval run", unit="sample",
                        disable=not self.progress, dynamic_ncols=True)
             with bar:
-                for pairing in self.r.pairings:
-                    self._run_pairing(pairing, store, bar, summary)
+                if self.r.config.run.executor == "ray":
+                    from lceval.executor import run_on_ray
+
+                    run_on_ray(self, store, bar, summary)
+                else:
+                    for pairing in self.r.pairings:
+                        self._run_pairing(pairing, store, bar, summary)
             summary.status_counts = dict(Counter(row["status"] for row in store.rows))
             summary.total = len(store.rows)
             if after is not None:
                 summary.report = after(Path(out_dir))
         return summary
 
-    def _run_pairing(self, pairing: Pairing, store: ResultsStore, bar, summary: RunSummary) -> None:
+    def plan(self, pairing: Pairing, store: ResultsStore) -> list[Unit]:
+        """The work units of one pairing still to do: batches of one prompt length (teacher-forced batches share
+        an answer length), within the memory budget."""
         adapter = self.adapter(pairing.model)
         attention = pairing.attention.build()
-        model = adapter.with_attention(attention)
         mode = self.r.config.run.answer
-        tokens_done, started = 0, time.perf_counter()
+        units = []
         for task_name, task in self._tasks.items():
             stop_ids = task.stop_ids(adapter.tokenizer)
             pending = [s for s in self.samples(task_name, adapter)
                        if (key := (pairing.label, task_name, s.id)) not in store.done or key in self._redo]
-            # one prompt length per batch; teacher-forced batches share an answer length
             groups: dict[tuple[int, bool, int], list[Sample]] = defaultdict(list)
             for s in pending:
                 tf = uses_teacher_forcing(task, s, stop_ids, mode)
@@ -206,14 +232,31 @@ class Runner:
             for (length, _, new), group in sorted(groups.items()):  # new: tokens the answer may need
                 size = self._batch_size(adapter, attention, length + new)
                 for i in range(0, len(group), max(size, 1)):
-                    batch = group[i : i + max(size, 1)]
-                    rows = self._score(pairing, task, adapter, attention, model, batch, length + new, size)
-                    store.append(rows)
-                    summary.written += len(rows)
-                    tokens_done += length * len(batch)
-                    bar.update(len(batch))
-                    rate = tokens_done / max(time.perf_counter() - started, 1e-9)
-                    bar.set_postfix_str(f"{pairing.label} tok/s={rate:,.0f}")
+                    units.append(Unit(pairing, task_name, group[i : i + max(size, 1)], length + new, size))
+        return units
+
+    def score_unit(self, unit: Unit) -> list[dict]:
+        """Rows of one unit (the same code on this machine and on a Ray worker)."""
+        adapter = self.adapter(unit.pairing.model)
+        label = unit.pairing.label
+        if self._active.get(unit.pairing.model) != label:  # the model holds another pairing's attention
+            attention = self._built[label][0] if label in self._built else unit.pairing.attention.build()
+            self._built[label] = (attention, adapter.with_attention(attention))
+            self._active[unit.pairing.model] = label
+        attention, model = self._built[label]
+        return self._score(unit.pairing, self._tasks[unit.task], adapter, attention, model, unit.batch, unit.seq,
+                           unit.size)
+
+    def _run_pairing(self, pairing: Pairing, store: ResultsStore, bar, summary: RunSummary) -> None:
+        tokens_done, started = 0, time.perf_counter()
+        for unit in self.plan(pairing, store):
+            rows = self.score_unit(unit)
+            store.append(rows)
+            summary.written += len(rows)
+            tokens_done += len(unit.batch[0].input_ids) * len(unit.batch)
+            bar.update(len(unit.batch))
+            rate = tokens_done / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix_str(f"{pairing.label} tok/s={rate:,.0f}")
 
     def _batch_size(self, adapter: ModelAdapter, attention, seq: int) -> int:
         """Samples per batch within the memory budget; 0 when even one does not fit."""

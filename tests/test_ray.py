@@ -1,0 +1,117 @@
+"""run.executor: ray on a local Ray instance: the same rows and cells as a local run, a worker killed mid-run,
+and kill -9 of the driver followed by a resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+ray = pytest.importorskip("ray")
+
+from conftest import small_config  # noqa: E402
+from lceval.cli import main  # noqa: E402
+from lceval.store import read_rows  # noqa: E402
+
+
+def run_cli(args):
+    return CliRunner().invoke(main, ["run", *map(str, args), "--no-progress"])
+
+
+def rows_of(out):
+    """Rows as comparable dicts (every field: rows carry no timing)."""
+    return sorted(json.dumps(r, sort_keys=True) for r in read_rows(out))
+
+
+def on_disk_keys(out):
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x.strip()]
+    return Counter((r["pairing"], r["task"], r["sample_id"]) for r in lines if "sample_id" in r)
+
+
+def configs(checkpoint, write_config, **ray_spec):
+    data = small_config(checkpoint)
+    data["run"]["batch_size"] = 2
+    data["tasks"]["niah"] = {"lengths": [64, 128], "depths": [0.0, 0.5, 1.0], "samples": 4}
+    local = write_config(data, "local.yaml")
+    data["run"]["executor"] = "ray"
+    data["run"]["ray"] = {"address": "local", "max_workers": 2, **ray_spec}
+    return local, write_config(data, "ray.yaml")
+
+
+@pytest.fixture(scope="module")
+def local_run(quickstart_rotary, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("local")
+
+    def write(data, name):
+        import yaml
+
+        (tmp / name).write_text(yaml.safe_dump(data))
+        return tmp / name
+
+    local, _ = configs(quickstart_rotary, write)
+    assert run_cli([local, "--out", tmp / "out"]).exit_code == 0
+    return tmp / "out"
+
+
+def test_ray_rows_and_cells_equal_local(quickstart_rotary, write_config, tmp_path, local_run):
+    _, cfg = configs(quickstart_rotary, write_config)
+    res = run_cli([cfg, "--out", tmp_path / "ray"])
+    assert res.exit_code == 0, res.output
+    assert rows_of(tmp_path / "ray") == rows_of(local_run)  # run ids included: where a run ran is not its identity
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "ray" / "report" / "cells.csv"),
+                                  pd.read_csv(local_run / "report" / "cells.csv"))
+
+
+def test_a_worker_killed_mid_run_is_retried_without_duplicates(quickstart_rotary, write_config, tmp_path, local_run,
+                                                               monkeypatch):
+    marker = tmp_path / "killed-once"
+    monkeypatch.setenv("LCEVAL_TEST_KILL_WORKER_AFTER", "2")  # a worker exits (os._exit) before its third unit
+    monkeypatch.setenv("LCEVAL_TEST_KILL_MARKER", str(marker))
+    _, cfg = configs(quickstart_rotary, write_config)
+    res = run_cli([cfg, "--out", tmp_path / "ray"])
+    assert res.exit_code == 0, res.output
+    assert marker.exists()  # a worker really died
+    keys = on_disk_keys(tmp_path / "ray")
+    assert set(keys.values()) == {1} and len(keys) == 2 * 2 * 3 * 4
+    assert rows_of(tmp_path / "ray") == rows_of(local_run)
+
+
+def test_driver_kill_9_then_resume_is_exact(quickstart_rotary, write_config, tmp_path, local_run):
+    _, cfg = configs(quickstart_rotary, write_config, max_workers=1)
+    out = tmp_path / "ray"
+    cmd = [sys.executable, "-m", "lceval.cli", "run", str(cfg), "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    results = out / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if results.exists() and len(results.read_bytes().splitlines()) >= 6:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started
+    proc.wait()
+    partial = len(read_rows(out))
+    assert 0 < partial < 48, partial
+    res = run_cli([cfg, "--out", out])
+    assert res.exit_code == 0, res.output
+    assert f"already done: {partial}" in res.output
+    keys = on_disk_keys(out)
+    assert set(keys.values()) == {1} and len(keys) == 48
+    assert rows_of(out) == rows_of(local_run)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "report" / "cells.csv"),
+                                  pd.read_csv(local_run / "report" / "cells.csv"))
+
+
+def test_missing_ray_is_a_clear_error(quickstart_rotary, write_config, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails, as where it is not installed
+    _, cfg = configs(quickstart_rotary, write_config)
+    res = run_cli([cfg, "--out", tmp_path / "r"])
+    assert res.exit_code == 2 and "pip install -e '.[ray]'" in res.output and "run.executor" in res.output
+    assert not (tmp_path / "r").exists()
