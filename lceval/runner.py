@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import traceback
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -108,7 +107,7 @@ class Runner:
         self.threads = use_threads(resolved.config.run.threads)
         self.device = pick_device(resolved.config.run.device)
         if resolved.config.run.executor == "ray":
-            from lceval.executor import check_available
+            from lceval.executors.ray import check_available
 
             check_available()
         self._devices = {name: self.device if spec.device is None else pick_device(spec.device, f"models.{name}.device")
@@ -202,12 +201,13 @@ class Runner:
                        disable=not self.progress, dynamic_ncols=True)
             with bar:
                 if self.r.config.run.executor == "ray":
-                    from lceval.executor import run_on_ray
+                    from lceval.executors.ray import run_on_ray
 
                     run_on_ray(self, store, bar, summary)
                 else:
-                    for pairing in self.r.pairings:
-                        self._run_pairing(pairing, store, bar, summary)
+                    from lceval.executors.local import run_local
+
+                    run_local(self, store, bar, summary)
             summary.status_counts = dict(Counter(row["status"] for row in store.rows))
             summary.total = len(store.rows)
             if after is not None:
@@ -246,17 +246,6 @@ class Runner:
         attention, model = self._built[label]
         return self._score(unit.pairing, self._tasks[unit.task], adapter, attention, model, unit.batch, unit.seq,
                            unit.size)
-
-    def _run_pairing(self, pairing: Pairing, store: ResultsStore, bar, summary: RunSummary) -> None:
-        tokens_done, started = 0, time.perf_counter()
-        for unit in self.plan(pairing, store):
-            rows = self.score_unit(unit)
-            store.append(rows)
-            summary.written += len(rows)
-            tokens_done += len(unit.batch[0].input_ids) * len(unit.batch)
-            bar.update(len(unit.batch))
-            rate = tokens_done / max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix_str(f"{pairing.label} tok/s={rate:,.0f}")
 
     def _batch_size(self, adapter: ModelAdapter, attention, seq: int) -> int:
         """Samples per batch within the memory budget; 0 when even one does not fit."""
