@@ -20,7 +20,7 @@ from pathlib import Path
 from lceval.task import Sample, Task
 from lceval.tokenizer import PIECE_METHOD, TextTokenizer
 
-FORMAT = "lceval-samples/1"
+FORMAT = "lceval-samples/2"
 
 
 def cache_root() -> Path:
@@ -44,13 +44,17 @@ def to_columns(samples: list[Sample]) -> dict[str, list]:
         "has_answer_ids": [s.answer_ids is not None for s in samples],
         "references": [s.references for s in samples],
         "meta": [json.dumps(s.meta) for s in samples],
+        "label_positions": [s.label_positions or [] for s in samples],
+        "labels": [s.labels for s in samples],
     }
 
 
 def from_columns(cols: dict[str, list]) -> list[Sample]:
-    return [Sample(id=i, input_ids=ids, answer_ids=a if has else None, references=refs, meta=json.loads(m))
-            for i, ids, a, has, refs, m in zip(cols["id"], cols["input_ids"], cols["answer_ids"],
-                                               cols["has_answer_ids"], cols["references"], cols["meta"], strict=True)]
+    return [Sample(id=i, input_ids=ids, answer_ids=a if has else None, references=refs, meta=json.loads(m),
+                   label_positions=lp if lab is not None else None, labels=lab)
+            for i, ids, a, has, refs, m, lp, lab in zip(
+                cols["id"], cols["input_ids"], cols["answer_ids"], cols["has_answer_ids"], cols["references"],
+                cols["meta"], cols["label_positions"], cols["labels"], strict=True)]
 
 
 def cached_samples(task: Task, tokenizer: TextTokenizer, limit: int | None = None) -> tuple[list[Sample], bool]:
@@ -74,7 +78,9 @@ def cached_samples(task: Task, tokenizer: TextTokenizer, limit: int | None = Non
         features = datasets.Features({
             "id": datasets.Value("string"), "input_ids": datasets.Sequence(datasets.Value("int32")),
             "answer_ids": datasets.Sequence(datasets.Value("int32")), "has_answer_ids": datasets.Value("bool"),
-            "references": datasets.Sequence(datasets.Value("string")), "meta": datasets.Value("string")})
+            "references": datasets.Sequence(datasets.Value("string")), "meta": datasets.Value("string"),
+            "label_positions": datasets.Sequence(datasets.Value("int32")),
+            "labels": datasets.Sequence(datasets.Value("int32"))})
         datasets.Dataset.from_dict(to_columns(samples), features=features).save_to_disk(str(tmp))
         if path.exists():  # another process finished first: keep its entry
             shutil.rmtree(tmp, ignore_errors=True)

@@ -95,3 +95,24 @@ def teacher_forced(model, prompts: torch.Tensor, answers: torch.Tensor, stop_ids
                 tokens = tokens + [int(pred[i, A])]
         result.append(Answer(tokens, stopped, bool(finite[i]), float(logp[i]), bool(exact[i])))
     return result
+
+
+@torch.no_grad()
+def labelled(model, prompts: torch.Tensor, positions: list[list[int]], labels: list[list[int]]) -> list[Answer]:
+    """One pass over prompts (B, T): the argmax at each sample's labelled positions (``label_accuracy`` tasks).
+
+    ``Answer.tokens`` are the predicted tokens, in position order; ``exact``: all equal their labels.
+    """
+    B = prompts.shape[0]
+    K = max(1, max(len(p) for p in positions))
+    index = torch.tensor([p + [p[-1] if p else 0] * (K - len(p)) for p in positions], device=prompts.device)
+    logits = model.logits_at(model.hidden(prompts), index).float()  # (B, K, V)
+    pred = logits.argmax(-1).tolist()
+    logp = torch.log_softmax(logits, dim=-1)
+    out = []
+    for i in range(B):
+        n = len(positions[i])
+        finite = bool(torch.isfinite(logits[i, :n]).all())
+        lp = float(sum(logp[i, k, labels[i][k]] for k in range(n))) if n else 0.0
+        out.append(Answer(pred[i][:n], stopped=True, finite=finite, logprob=lp, exact=pred[i][:n] == labels[i]))
+    return out

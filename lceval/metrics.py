@@ -9,6 +9,9 @@ over samples and shows percent (x100), as RULER does.
 * ``string_match_all`` (RULER): the fraction of references found as
   case-insensitive substrings of the prediction. Order-free.
 * ``string_match_part`` (RULER): 1 if any reference is found, else 0.
+* ``label_accuracy``: the fraction of labelled positions where the model's
+  argmax is the label, in one teacher-forced pass (multi-query associative
+  recall is scored this way, every query of a sample counted).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def exact_match(predicted_ids: Sequence[int], answer_ids: Sequence[int], stopped
 
 
 TEXT_METRICS = tuple(METRICS)  # metrics computed on decoded text
-ALL_METRICS = (*TEXT_METRICS, "exact_match")
+ALL_METRICS = (*TEXT_METRICS, "exact_match", "label_accuracy")
 
 
 def score_text(name: str, prediction: str, references: Sequence[str]) -> float:
@@ -86,3 +89,12 @@ def sum_counts(many) -> dict[str, int]:
         for key in out:
             out[key] += c[key]
     return out
+
+
+def label_accuracy(predicted: Sequence[int], labels: Sequence[int]) -> float:
+    """Fraction of labelled positions predicted right (predicted and labels aligned, same length)."""
+    if not labels:
+        raise ValueError("label_accuracy needs at least one label")
+    if len(predicted) != len(labels):
+        raise ValueError(f"{len(predicted)} predictions for {len(labels)} labels")
+    return sum(p == t for p, t in zip(predicted, labels, strict=True)) / len(labels)

@@ -14,7 +14,8 @@ from typing import Literal
 
 import torch
 
-from lceval.generate import Answer, greedy_generate, teacher_forced
+from lceval import metrics
+from lceval.generate import Answer, greedy_generate, labelled, teacher_forced
 from lceval.task import Sample, Task
 from lceval.tokenizer import TextTokenizer
 
@@ -38,8 +39,12 @@ def score_batch(model, task: Task, samples: list[Sample], tokenizer: TextTokeniz
     """Score samples of one prompt length (and, under teacher forcing, one answer length)."""
     if len({len(s.input_ids) for s in samples}) != 1:
         raise ValueError("score_batch needs samples of one prompt length")
-    stop_ids = task.stop_ids(tokenizer)
     prompts = torch.tensor([s.input_ids for s in samples], device=device)  # (B, T)
+    if task.metric == "label_accuracy":  # teacher-forced by definition: the argmax at every labelled position
+        got = labelled(model, prompts, [s.label_positions for s in samples], [s.labels for s in samples])
+        return [Scored(metrics.label_accuracy(a.tokens, s.labels) if a.finite else 0.0,
+                       tokenizer.decode(a.tokens).strip(), a, "teacher_forcing") for s, a in zip(samples, got, strict=True)]
+    stop_ids = task.stop_ids(tokenizer)
     tf = [uses_teacher_forcing(task, s, stop_ids, mode) for s in samples]
     if all(tf) and len({len(s.answer_ids) for s in samples}) == 1:
         answers = torch.tensor([s.answer_ids for s in samples], device=device)  # (B, A)

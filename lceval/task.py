@@ -88,6 +88,9 @@ class Sample:
     ``answer_ids``: the one ordered answer in tokens, for exact-match tasks
     (None otherwise). ``references``: the answer texts (one or several; the
     metric says whether order matters); when empty, the decoded ``answer_ids``.
+    ``label_positions`` / ``labels``: for ``label_accuracy`` tasks, the prompt
+    positions whose next token is scored and those tokens (one teacher-forced
+    pass reads the argmax at every one, as multi-query recall is evaluated).
     """
 
     id: str
@@ -95,6 +98,8 @@ class Sample:
     answer_ids: list[int] | None = None
     references: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    label_positions: list[int] | None = None
+    labels: list[int] | None = None
 
     @property
     def context_length(self) -> int:
@@ -192,6 +197,8 @@ class Task:
 
     def score(self, sample: Sample, predicted_ids: list[int], prediction: str, stopped: bool) -> float:
         """The per-sample score in [0, 1] of a generated answer (tokens before the stop, and their text)."""
+        if self.metric == "label_accuracy":
+            return metrics.label_accuracy(predicted_ids, sample.labels or [])
         if self.metric == "exact_match":
             if sample.answer_ids is None:
                 raise ValueError(f"task {self.name}: exact_match needs answer_ids on every sample")

@@ -55,7 +55,13 @@ def test_task_contract(name, qa_file):
             assert 0 < s.meta[task.distance_key] <= len(s.input_ids)
         json.dumps(s.meta)  # rows must serialise
         # the task scores its own references as a perfect answer
-        if task.metric == "exact_match":
+        if task.metric == "label_accuracy":  # labels are the tokens after their positions, scored by argmax
+            inside = [(p, lab) for p, lab in zip(s.label_positions, s.labels, strict=True) if p + 1 < len(s.input_ids)]
+            assert s.labels and all(s.input_ids[p + 1] == lab for p, lab in inside)  # teacher-forced ones
+            assert task.score(s, s.labels, "", True) == 1.0
+            wrong = [s.labels[0] + 1] + s.labels[1:]
+            assert task.score(s, wrong, "", True) == (len(s.labels) - 1) / len(s.labels)
+        elif task.metric == "exact_match":
             assert s.answer_ids and unk not in s.answer_ids
             assert task.score(s, s.answer_ids, " ".join(s.references), True) == 1.0
             assert task.score(s, s.answer_ids + s.answer_ids[:1], " ".join(s.references), True) == 0.0
@@ -75,10 +81,11 @@ def test_training_examples_fit_and_label_the_stop(name):
     cls = registry.tasks.get(name)
     task = cls(validate_task_config(cls, {}, name), seed=0)
     tok = word_level(task.vocabulary())
-    stop = tok.piece(".")[0]
+    stop = tok.piece(".")[0] if task.metric != "label_accuracy" else None
     rng = np.random.default_rng(0)
     for _ in range(5):
         ex = task.training_example(rng, 160, tok)
         assert len(ex.ids) <= 160 and ex.labels
         assert all(ex.ids[p + 1] == lab for p, lab in zip(ex.label_positions, ex.labels, strict=True))
-        assert ex.labels[-1] == stop  # the answer ends with the stop generation looks for
+        if task.metric != "label_accuracy":  # (label tasks are read by argmax, never generated)
+            assert ex.labels[-1] == stop  # the answer ends with the stop generation looks for

@@ -1,0 +1,109 @@
+"""induction and mqar: placements, labels, the curriculum, and label_accuracy scoring end to end."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lceval import metrics
+from lceval.cli import main
+from lceval.scoring import score_batch
+from lceval.store import read_rows
+from lceval.tasks.recall import TRIGGER, Induction, InductionConfig, Mqar, MqarConfig
+from lceval.tokenizer import word_level
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def oracle_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    sys.modules.pop("induction_oracle", None)
+
+
+def test_label_accuracy_by_hand():
+    assert metrics.label_accuracy([1, 2, 3, 4], [1, 2, 0, 4]) == 0.75
+    assert metrics.label_accuracy([5], [5]) == 1.0
+    with pytest.raises(ValueError):
+        metrics.label_accuracy([], [])
+
+
+def test_induction_places_trigger_and_target_at_the_depth():
+    task = Induction(InductionConfig(lengths=[100], depths=[0.0, 0.5, 1.0], samples=3), seed=1)
+    tok = word_level(task.vocabulary())
+    trig = tok.piece(TRIGGER)[0]
+    for s in task.samples(tok):
+        at = s.meta["trigger_offset"]
+        assert len(s.input_ids) == 100 and s.input_ids.count(trig) == 2 and s.input_ids[at] == trig
+        assert s.input_ids[-1] == trig and s.labels == [s.input_ids[at + 1]] and s.label_positions == [99]
+        assert s.meta["distance"] == 99 - at
+        expected = task.config.min_offset + round(s.meta["depth"] * (100 - 3 - task.config.min_offset))
+        assert at == expected
+
+
+def test_mqar_queries_are_labelled_with_their_pairs_values():
+    task = Mqar(MqarConfig(lengths=[96], depths=[0.0, 1.0], samples=4, pairs=6, queries=4), seed=2)
+    tok = word_level(task.vocabulary())
+    for s in task.samples(tok):
+        ids = s.input_ids
+        start = s.meta["block_offset"]
+        block = dict(zip(ids[start:start + 12:2], ids[start + 1:start + 12:2], strict=True))
+        assert len(ids) == 96 and len(s.labels) == 4 and s.label_positions == [88, 90, 92, 94]
+        assert all(block[ids[p]] == lab == ids[p + 1] for p, lab in zip(s.label_positions, s.labels, strict=True))
+        assert [tok.decode([t]).strip() for t in s.labels] == s.references
+        if s.meta["depth"] == 1.0:
+            assert start + 12 == 88  # the pairs sit right before the queries
+        else:
+            assert start == 0
+        assert s.meta["distance"] == 88 - start
+
+
+def test_mqar_curriculum_draws_pair_counts():
+    task = Mqar(MqarConfig(train_pairs=8), seed=0)
+    tok = word_level(task.vocabulary())
+    rng = np.random.default_rng(0)
+    counts = {len(task.training_example(rng, 64, tok).labels) for _ in range(200)}
+    assert counts == set(range(1, 9))
+
+
+def test_mqar_too_short_is_a_clear_error():
+    task = Mqar(MqarConfig(lengths=[20], pairs=8), seed=0)
+    with pytest.raises(Exception, match="cannot hold 8 pairs"):
+        task.samples(word_level(task.vocabulary()))
+
+
+@pytest.mark.parametrize("name,cls,cfg", [("induction", Induction, InductionConfig(lengths=[80], samples=4)),
+                                          ("mqar", Mqar, MqarConfig(lengths=[80], samples=4))])
+def test_score_batch_reads_every_labelled_position(name, cls, cfg):
+    from induction_oracle import build
+
+    good, bad = build(name), build(name, copy=True)
+    task = cls(cfg, seed=0)
+    samples = task.samples(good.tokenizer)
+    by_len = [s for s in samples if len(s.input_ids) == 80]
+    assert [r.score for r in score_batch(good.model, task, by_len, good.tokenizer)] == [1.0] * len(by_len)
+    scored = score_batch(bad.model, task, by_len, bad.tokenizer)
+    assert all(r.score < 1.0 and r.mode == "teacher_forcing" for r in scored)
+
+
+@pytest.mark.parametrize("task", ["induction", "mqar"])
+def test_run_end_to_end_with_a_module(task, write_config, tmp_path):
+    cfg = {"run": {"name": "recall", "seed": 0, "batch_size": 4},
+           "models": {"oracle": {"type": "module", "factory": "induction_oracle:build", "options": {"task": task}},
+                      "copier": {"type": "module", "factory": "induction_oracle:build",
+                                 "options": {"task": task, "copy": True}}},
+           "pairings": [{"model": ["oracle", "copier"], "attention": "full"}],
+           "tasks": {task: {"lengths": [64, 128], "depths": [0.0, 1.0], "samples": 3}}}
+    path = write_config(cfg)
+    for _ in range(2):  # the second run reads the samples back from the dataset cache
+        out = tmp_path / f"r{_}"
+        res = CliRunner().invoke(main, ["run", str(path), "--out", str(out), "--no-progress"])
+        assert res.exit_code == 0, res.output
+        rows = read_rows(out)
+        assert {r["score"] for r in rows if r["model"] == "oracle"} == {1.0}
+        assert all(r["score"] < 1.0 for r in rows if r["model"] == "copier")
+        assert {r["metric"] for r in rows} == {"label_accuracy"}
