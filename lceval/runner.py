@@ -161,8 +161,9 @@ class Runner:
         from lceval.tokenizer import TextTokenizer
         from lceval.train.trainer import build_tasks, mixture_tokenizer
 
+        used = {p.model for p in self.r.pairings}  # a model no pairing uses never meets the tasks
         for name, spec in self.r.config.models.items():
-            if spec.type != "reference":
+            if spec.type != "reference" or name not in used:
                 continue
             if spec.checkpoint is not None:
                 tok = TextTokenizer.load(spec.checkpoint / TOKENIZER)

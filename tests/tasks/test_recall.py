@@ -107,3 +107,17 @@ def test_run_end_to_end_with_a_module(task, write_config, tmp_path):
         assert {r["score"] for r in rows if r["model"] == "oracle"} == {1.0}
         assert all(r["score"] < 1.0 for r in rows if r["model"] == "copier")
         assert {r["metric"] for r in rows} == {"label_accuracy"}
+
+
+def test_a_model_no_pairing_uses_is_not_checked_against_the_tasks(quickstart_rotary, write_config, tmp_path):
+    """The quickstart model's tokenizer lacks mqar's words; defined but unused, it must not stop the run."""
+    cfg = {"run": {"name": "recall", "seed": 0},
+           "models": {"oracle": {"type": "module", "factory": "induction_oracle:build"},
+                      "unused": {"type": "reference", "checkpoint": str(quickstart_rotary)}},
+           "pairings": [{"model": "oracle", "attention": "full"}],
+           "tasks": {"mqar": {"lengths": [64], "depths": [0.5], "samples": 2}}}
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    cfg["pairings"].append({"model": "unused", "attention": "full"})  # used, it is refused with the reason
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r2"), "--no-progress"])
+    assert res.exit_code == 2 and "cannot represent" in res.output
