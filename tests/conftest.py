@@ -69,6 +69,21 @@ def byte_bpe(corpus: list[str], vocab_size: int):
     return TextTokenizer(tok, bos_id=tok.token_to_id("<s>"), name="bpe")
 
 
+def assert_chat_exact(tok, samples) -> None:
+    """Each sample is the chat template applied to its message, token for token (``tok`` wraps a transformers
+    tokenizer with ``chat_template=True``), starting with the template's head and ending with its tail."""
+    hf = tok.backend
+    head, tail = tok.prefix(), tok.suffix()
+    assert head and tail
+    for s in samples:
+        assert s.input_ids[: len(head)] == head and s.input_ids[-len(tail):] == tail
+        content = hf.decode(s.input_ids[len(head): -len(tail)])
+        content = content if content.startswith(" ") else " " + content  # pieces follow a space; some decoders drop it
+        want = hf.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                      tokenize=True, return_dict=False)
+        assert s.input_ids == list(want)
+
+
 def word_corpus(words: list[str], per_line: int) -> list[str]:
     """Lines of ``per_line`` words ending in a full stop, three times over (a corpus for a task's words)."""
     return [" ".join(words[i : i + per_line]) + " ." for i in range(0, len(words), per_line)] * 3

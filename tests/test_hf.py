@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 from click.testing import CliRunner  # noqa: E402
 
-from conftest import small_config, train_byte_bpe  # noqa: E402
+from conftest import assert_chat_exact, small_config, train_byte_bpe  # noqa: E402
 from lceval.attention import build_attention  # noqa: E402
 from lceval.cli import main  # noqa: E402
 from lceval.config import ModelSpec  # noqa: E402
@@ -225,17 +225,10 @@ def test_chat_template_prompts_are_exact(hf_models):
 
     adapter = _adapter(hf_models["llama"], chat_template=True)
     tok = adapter.tokenizer
-    hf = tok.backend
     task = NeedleInAHaystack(NiahConfig(lengths=[128], depths=[0.5], samples=3), seed=0)
-    for s in task.cell_samples({"context_length": 128, "depth": 0.5}, tok, 3):
-        assert len(s.input_ids) == 128
-        head, tail = tok.prefix(), tok.suffix()
-        assert s.input_ids[: len(head)] == head and s.input_ids[-len(tail):] == tail
-        content = hf.decode(s.input_ids[len(head): -len(tail)])
-        content = content if content.startswith(" ") else " " + content  # pieces follow a space; some decoders drop it
-        want = hf.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                      tokenize=True, return_dict=False)
-        assert s.input_ids == list(want)
+    samples = task.cell_samples({"context_length": 128, "depth": 0.5}, tok, 3)
+    assert all(len(s.input_ids) == 128 for s in samples)
+    assert_chat_exact(tok, samples)
     assert tok.fingerprint() != _adapter(hf_models["llama"]).tokenizer.fingerprint()  # other samples, other cache
 
 

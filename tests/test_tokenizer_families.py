@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
 
-from conftest import train_byte_bpe  # noqa: E402
+from conftest import assert_chat_exact, train_byte_bpe  # noqa: E402
 from lceval.tasks.haystack import essay_sentence  # noqa: E402
 from lceval.tasks.niah import KEYS, NEEDLE, QUESTION, NeedleInAHaystack, NiahConfig  # noqa: E402
 from lceval.tasks.ruler.niah import NiahSingle3  # noqa: E402
@@ -115,14 +115,7 @@ def test_chat_template_prompts_are_exact_in_every_family(family):
     hf.chat_template = ("{{ bos_token }}{% for m in messages %}Here we go .{{ m['content'] }}{% endfor %}"
                         "{% if add_generation_prompt %} There and back again{% endif %}")
     tok = TextTokenizer.from_hf(hf, chat_template=True)
-    head, tail = tok.prefix(), tok.suffix()
-    assert head and tail
     task = NeedleInAHaystack(NiahConfig(lengths=[100, 257], depths=[0.0, 1.0], samples=2, haystack="mixed"))
-    for s in task.samples(tok):
-        assert len(s.input_ids) == int(s.id.split("/")[1][1:])
-        assert s.input_ids[: len(head)] == head and s.input_ids[-len(tail):] == tail
-        content = hf.decode(s.input_ids[len(head): -len(tail)])
-        content = content if content.startswith(" ") else " " + content  # pieces follow a space; some decoders drop it
-        want = hf.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                      tokenize=True, return_dict=False)
-        assert s.input_ids == list(want)
+    samples = task.samples(tok)
+    assert all(len(s.input_ids) == int(s.id.split("/")[1][1:]) for s in samples)
+    assert_chat_exact(tok, samples)

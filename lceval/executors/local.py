@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import time
+from lceval.executors import Progress
 
 
 def run_local(runner, store, bar, summary) -> None:
     for pairing in runner.r.pairings:
-        tokens_done, started = 0, time.perf_counter()
+        progress = Progress(store, bar, summary)  # tok/s per pairing
         for unit in runner.plan(pairing, store):
-            rows = runner.score_unit(unit)
-            store.append(rows)
-            summary.written += len(rows)
-            tokens_done += len(unit.batch[0].input_ids) * len(unit.batch)
-            bar.update(len(unit.batch))
-            rate = tokens_done / max(time.perf_counter() - started, 1e-9)
-            bar.set_postfix_str(f"{pairing.label} tok/s={rate:,.0f}")
+            progress.done(unit, runner.score_unit(unit), pairing.label)

@@ -22,9 +22,9 @@ shared too.
 from __future__ import annotations
 
 import os
-import time
 
 from lceval.errors import ConfigError, UserError
+from lceval.executors import Progress
 
 
 def _ray():
@@ -97,7 +97,7 @@ def run_on_ray(runner, store, bar, summary) -> None:
         queue = list(reversed(units))
         in_flight: dict = {}  # object ref -> (worker, unit)
         idle = list(workers)
-        tokens, t0 = 0, time.perf_counter()
+        progress = Progress(store, bar, summary)
         while queue or in_flight:
             while queue and idle:
                 w = idle.pop()
@@ -112,12 +112,7 @@ def run_on_ray(runner, store, bar, summary) -> None:
                     raise UserError(f"a Ray worker died {spec.max_retries + 1} times on {unit.pairing.label}/"
                                     f"{unit.task} ({type(exc).__name__}); the rows written so far are kept: fix the "
                                     "cause (memory?) and run the same command to resume") from None
-                store.append(rows)
-                summary.written += len(rows)
-                tokens += len(unit.batch[0].input_ids) * len(unit.batch)
-                bar.update(len(unit.batch))
-                rate = tokens / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix_str(f"ray: {len(in_flight)}/{n} workers busy, tok/s={rate:,.0f}")
+                progress.done(unit, rows, f"ray: {len(in_flight)}/{n} workers busy,")
                 idle.append(w)
     finally:
         if started_here:
