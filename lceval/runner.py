@@ -301,7 +301,9 @@ class Runner:
                 "attention_params": attention.params.model_dump(),
                 "position": adapter.position,
                 "context_length": length,
-                "meta": sample.meta,
+                # keys starting with "_" are the task's working data (spans, gold links), not written to rows
+                "meta": {**{k: v for k, v in sample.meta.items() if not k.startswith("_")},
+                         **(sc.meta if sc is not None else {})},
                 "metric": task.metric,
                 "references": sample.references or [adapter.tokenizer.decode(sample.answer_ids).strip()],
                 "prediction": sc.prediction if sc is not None else None,

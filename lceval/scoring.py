@@ -9,7 +9,7 @@ attention variant).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -28,6 +28,7 @@ class Scored:
     prediction: str
     answer: Answer
     mode: str  # "teacher_forcing" or "generate"
+    meta: dict = field(default_factory=dict)  # what the task read besides the score (merged into the row's meta)
 
 
 def uses_teacher_forcing(task: Task, sample: Sample, stop_ids: list[int], mode: AnswerMode) -> bool:
@@ -41,9 +42,9 @@ def score_batch(model, task: Task, samples: list[Sample], tokenizer: TextTokeniz
         raise ValueError("score_batch needs samples of one prompt length")
     prompts = torch.tensor([s.input_ids for s in samples], device=device)  # (B, T)
     if task.metric == "label_accuracy":  # teacher-forced by definition: the argmax at every labelled position
-        got = labelled(model, prompts, [s.label_positions for s in samples], [s.labels for s in samples])
         return [Scored(metrics.label_accuracy(a.tokens, s.labels) if a.finite else 0.0,
-                       tokenizer.decode(a.tokens).strip(), a, "teacher_forcing") for s, a in zip(samples, got, strict=True)]
+                       tokenizer.decode(a.tokens).strip(), a, "teacher_forcing", extra)
+                for s, (a, extra) in zip(samples, _labelled(model, task, prompts, samples), strict=True)]
     stop_ids = task.stop_ids(tokenizer)
     tf = [uses_teacher_forcing(task, s, stop_ids, mode) for s in samples]
     if all(tf) and len({len(s.answer_ids) for s in samples}) == 1:
@@ -56,4 +57,20 @@ def score_batch(model, task: Task, samples: list[Sample], tokenizer: TextTokeniz
         text = tokenizer.decode(a.tokens).strip()
         score = task.score(s, a.tokens, text, a.stopped) if a.finite else 0.0
         out.append(Scored(score, text, a, how))
+    return out
+
+
+def _labelled(model, task: Task, prompts: torch.Tensor, samples: list[Sample]) -> list[tuple[Answer, dict]]:
+    """The labelled pass; for a task that reads attention (``Task.capture_rows``), one sample at a time with
+    a capture of its rows, handed to ``Task.read_capture``."""
+    if task.capture_rows(samples[0]) is None:
+        got = labelled(model, prompts, [s.label_positions for s in samples], [s.labels for s in samples])
+        return [(a, {}) for a in got]
+    from lceval.attention.capture import capturing
+
+    out = []
+    for i, s in enumerate(samples):
+        with capturing(model, rows=task.capture_rows(s)) as cap:
+            a = labelled(model, prompts[i : i + 1], [s.label_positions], [s.labels])[0]
+        out.append((a, task.read_capture(s, cap.stacked()[:, 0])))  # (L, H, R, S)
     return out

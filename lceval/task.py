@@ -205,6 +205,14 @@ class Task:
             return metrics.exact_match(predicted_ids, sample.answer_ids, stopped)
         return metrics.score_text(self.metric, prediction, sample.references)
 
+    def capture_rows(self, sample: Sample) -> list[int] | None:
+        """Query rows whose attention weights the task reads (``label_accuracy`` tasks only); None: none."""
+        return None
+
+    def read_capture(self, sample: Sample, weights) -> dict[str, Any]:
+        """What the task makes of the captured weights (L, H, R, S) of ``capture_rows``: merged into the row's meta."""
+        return {}
+
     def rng(self, *parts: Any) -> np.random.Generator:
         """A generator seeded from (seed, task, *parts) only: one cell never shifts another."""
         digest = hashlib.sha256(repr((self.seed, self.name, *parts)).encode()).digest()

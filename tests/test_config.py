@@ -41,7 +41,7 @@ CASES = [
     ("tasks.niah.lengths", [-5], "tasks.niah.lengths[0]", "greater than 0"),
     ("tasks.niah.samples", "many", "tasks.niah.samples", "integer"),
     ("tasks.niah.depth", [0.5], "tasks.niah.depth: unknown key", "allowed keys: lengths, depths"),
-    ("tasks.needle", {}, "tasks.needle", "unknown tasks plugin 'needle'; registered: cwe, fwe, induction, mqar, niah,"),
+    ("tasks.needle", {}, "tasks.needle", "unknown tasks plugin 'needle'; registered: alignment, cwe, fwe, induction,"),
     ("pairings.0.model", "nope", "pairings[0].model", "defined models: m"),
     ("pairings.0.attention", "fast", "pairings[0].attention.name", "registered: "),
     ("models.m.train.position", "cosine", "models.m.train.position", "registered: alibi"),

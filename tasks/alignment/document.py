@@ -12,8 +12,7 @@ The document holds as many whole pairs as fit; leading ``~`` padding words (link
 nothing) make the length exact. One pair is the *focus*, placed at the requested
 depth; its gold links, mapped to token spans, are what a task scores.
 
-This is the layout half of the alignment task; the task itself (scoring through
-attention capture, AER per layer and head, reports) is not built yet.
+The task (``task.py``) scores the focus pair through attention capture.
 """
 
 from __future__ import annotations

@@ -1,0 +1,105 @@
+"""The ``alignment`` task: translation and word alignment read from attention, by position in a long document.
+
+A document of sentence pairs (``document.py``, both layouts) at an exact token
+length; one pair, the focus, sits at the cell's depth. One teacher-forced pass
+scores it:
+
+* **translation**: every token of the focus translation is a labelled position
+  (``label_accuracy``: is the gold token the argmax?);
+* **alignment**: for each target word, the attention row of the position that
+  predicts its first token is captured in every layer and head (and their mean).
+  The predicted link is the source word, among all source words of the document,
+  with the largest summed weight over its tokens. A link to a word of another
+  sentence is a wrong link: it counts in |A| and never in S or P.
+
+Each row's meta holds, per layer and head (``L0H1``) and for the mean
+(``mean``), the AER counts (``a``, ``s``, ``a_and_s``, ``a_and_p``) and the
+predicted links as ``[source word, target word]`` (-1: outside the focus pair),
+so AER can be summed over any cell and recomputed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pydantic
+
+from lceval import metrics
+from lceval.task import Length, Sample, Samples, Task, TaskConfig, TrainingExample
+from lceval.tasks.alignment.document import build_document, vocabulary
+
+
+class AlignmentConfig(TaskConfig):
+    lengths: list[Length] = pydantic.Field(default_factory=lambda: [128, 256, 512])
+    depths: list[pydantic.confloat(ge=0, le=1)] = pydantic.Field(default_factory=lambda: [0.0, 0.5, 1.0])
+    samples: Samples = 10
+    layout: Literal["concatenated", "interleaved"] = "concatenated"
+
+
+class Alignment(Task):
+    name = "alignment"
+    version = "1"
+    Config = AlignmentConfig
+    metric = "label_accuracy"
+    max_new_tokens = 1
+    stop_words = ()
+    group_by = ("depth",)
+    distance_key = "distance"
+
+    def vocabulary(self) -> list[str]:
+        return vocabulary()
+
+    def cell_samples(self, cell: dict[str, Any], tokenizer, n: int) -> list[Sample]:
+        length, depth = cell["context_length"], cell["depth"]
+        out = []
+        for i in range(n):
+            doc = build_document(self.rng(length, float(depth), i), tokenizer, length, float(depth), self.config.layout)
+            self.check_known(tokenizer, doc.ids, "a document")
+            tgt = doc.tgt_spans[doc.focus]
+            positions = [t - 1 for a, b in tgt for t in range(a, b)]
+            gold = doc.pairs[doc.focus].gold
+            meta = {"depth": float(depth), "realized_depth": round(doc.depth, 4), "layout": self.config.layout,
+                    "distance": tgt[0][0] - doc.src_spans[doc.focus][0][0], "target_words": len(tgt),
+                    "sample": i,
+                    # working data for read_capture (not written to rows)
+                    "_src": [list(span) for pair in doc.src_spans for span in pair],
+                    "_tgt": [list(span) for span in tgt],
+                    "_focus": [sum(len(p) for p in doc.src_spans[: doc.focus]), len(doc.src_spans[doc.focus])],
+                    "_sure": sorted(map(list, gold.sure)), "_possible": sorted(map(list, gold.possible))}
+            out.append(Sample(id=f"alignment/{self.config.layout}/L{length}/d{depth:g}/s{i}", input_ids=doc.ids,
+                              references=doc.pairs[doc.focus].target, label_positions=positions,
+                              labels=[doc.ids[p + 1] for p in positions], meta=meta))
+        return out
+
+    def capture_rows(self, sample: Sample) -> list[int]:
+        """The position predicting each focus target word's first token (one row per target word)."""
+        return [a - 1 for a, _ in sample.meta["_tgt"]]
+
+    def read_capture(self, sample: Sample, weights) -> dict[str, Any]:
+        """AER counts and predicted links per layer x head and for their mean, from weights (L, H, R, S)."""
+        import torch
+
+        src = sample.meta["_src"]
+        start, count = sample.meta["_focus"]
+        sure = {tuple(x) for x in sample.meta["_sure"]}
+        possible = {tuple(x) for x in sample.meta["_possible"]}
+        # summed weight of every source word of the document: (L, H, R, W)
+        per_word = torch.stack([weights[..., a:b].sum(-1) for a, b in src], dim=-1)
+        heads = {f"L{layer}H{head}": per_word[layer, head] for layer in range(per_word.shape[0])
+                 for head in range(per_word.shape[1])}
+        heads["mean"] = per_word.mean(dim=(0, 1))
+        out_counts, out_links = {}, {}
+        for key, w in heads.items():  # w: (R, W)
+            best = w.argmax(-1).tolist()
+            links = [(k - start if start <= k < start + count else -1 - k, j) for j, k in enumerate(best)]
+            out_counts[key] = metrics.alignment_counts(set(links), sure, possible)
+            out_links[key] = [[max(i, -1), j] for i, j in links]
+        return {"aer_counts": out_counts, "links": out_links}
+
+    def training_example(self, rng: np.random.Generator, length: int, tokenizer) -> TrainingExample:
+        """A document at the training length (either layout); every target token is labelled (translation)."""
+        layout = ("concatenated", "interleaved")[int(rng.integers(2))]
+        doc = build_document(rng, tokenizer, length, float(rng.random()), layout)
+        positions = [t - 1 for pair in doc.tgt_spans for a, b in pair for t in range(a, b)]
+        return TrainingExample(ids=doc.ids, label_positions=positions, labels=[doc.ids[p + 1] for p in positions])

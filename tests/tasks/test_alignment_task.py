@@ -1,0 +1,81 @@
+"""The alignment task: focus labels and capture rows point at the right tokens; AER counts from captured weights
+by hand; lceval run writes per-layer/head counts and links (and never the task's working data)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lceval import metrics
+from lceval.cli import main
+from lceval.store import read_rows
+from lceval.tasks.alignment.task import Alignment, AlignmentConfig
+from lceval.tokenizer import word_level
+
+
+@pytest.fixture(scope="module")
+def setup():
+    task = Alignment(AlignmentConfig(lengths=[96], depths=[0.0, 1.0], samples=2, layout="concatenated"), seed=0)
+    tok = word_level(task.vocabulary())
+    return task, tok, task.samples(tok)
+
+
+def test_labels_rows_and_spans_point_at_the_focus_pair(setup):
+    task, tok, samples = setup
+    for s in samples:
+        assert len(s.input_ids) == 96
+        words = [tok.decode(s.input_ids[a:b]).strip() for a, b in s.meta["_tgt"]]
+        assert words == s.references  # the focus translation, word by word
+        assert [s.input_ids[p + 1] for p in s.label_positions] == s.labels
+        assert task.capture_rows(s) == [a - 1 for a, _ in s.meta["_tgt"]]
+        start, count = s.meta["_focus"]
+        src = [tok.decode(s.input_ids[a:b]).strip() for a, b in s.meta["_src"][start:start + count]]
+        assert all(0 <= i < count and 0 <= j < len(words) for i, j in s.meta["_possible"])
+        assert src and all(w for w in src)
+        assert s.meta["distance"] == s.meta["_tgt"][0][0] - s.meta["_src"][start][0] > 0
+
+
+def test_aer_counts_from_captured_weights_by_hand(setup):
+    task, _, samples = setup
+    s = samples[0]
+    start, count = s.meta["_focus"]
+    src = s.meta["_src"]
+    sure = {tuple(x) for x in s.meta["_sure"]}
+    possible = {tuple(x) for x in s.meta["_possible"]}
+    R, S = len(s.meta["_tgt"]), len(s.input_ids)
+    weights = torch.zeros(1, 2, R, S)  # (L, H, R, S)
+    gold_for = {j: i for i, j in sorted(sure)}
+    for j in range(R):
+        i = gold_for.get(j, 0)
+        a, b = src[start + i]
+        weights[0, 0, j, a:b] = 1.0  # head 0: the gold source word (word 0 where the target word has none)
+        a, b = src[(start + count) % len(src)]  # head 1: a word of another sentence
+        weights[0, 1, j, a:b] = 1.0
+    got = task.read_capture(s, weights)
+    want0 = metrics.alignment_counts({(gold_for.get(j, 0), j) for j in range(R)}, sure, possible)
+    assert got["aer_counts"]["L0H0"] == want0
+    assert got["aer_counts"]["L0H1"] == {"a": R, "s": len(sure), "a_and_s": 0, "a_and_p": 0}
+    assert all(i == -1 for i, _ in got["links"]["L0H1"])
+    assert metrics.aer(got["aer_counts"]["L0H1"])["aer"] == 1.0
+
+
+def test_run_writes_counts_per_layer_and_head(write_config, tmp_path):
+    recipe = {"task": "alignment", "position": "rotary", "train_length": 96, "steps": 20, "d_model": 32,
+              "n_layers": 2, "n_heads": 2, "eval_samples": 4, "seed": 0}
+    cfg = {"run": {"name": "align", "seed": 0, "batch_size": 4},
+           "models": {"m": {"type": "reference", "train": recipe}},
+           "pairings": [{"model": "m", "attention": ["full", "flash", "linear"]}],
+           "tasks": {"alignment": {"lengths": [96, 160], "depths": [0.0, 1.0], "samples": 2}}}
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    rows = read_rows(tmp_path / "r")
+    assert len(rows) == 3 * 2 * 2 * 2 and {r["status"] for r in rows} == {"ok"}
+    for r in rows:
+        counts = r["meta"]["aer_counts"]
+        assert set(counts) == {"L0H0", "L0H1", "L1H0", "L1H1", "mean"}
+        assert all(c["s"] == counts["mean"]["s"] and c["a"] == r["meta"]["target_words"] for c in counts.values())
+        assert not any(k.startswith("_") for k in r["meta"])  # working data stays out of the rows
+        assert 0.0 <= r["score"] <= 1.0
+    full = {r["sample_id"]: r["meta"]["aer_counts"] for r in rows if r["attention"] == "full"}
+    assert full == {r["sample_id"]: r["meta"]["aer_counts"] for r in rows if r["attention"] == "flash"}
