@@ -79,3 +79,32 @@ def test_run_writes_counts_per_layer_and_head(write_config, tmp_path):
         assert 0.0 <= r["score"] <= 1.0
     full = {r["sample_id"]: r["meta"]["aer_counts"] for r in rows if r["attention"] == "full"}
     assert full == {r["sample_id"]: r["meta"]["aer_counts"] for r in rows if r["attention"] == "flash"}
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "r" / "report" / "alignment.csv")
+    assert set(table["pairing"]) == {"m/full", "m/flash", "m/linear"} and set(table["n"]) == {1}  # odd samples
+    assert "Alignment: translation accuracy and AER" in (tmp_path / "r" / "report" / "summary.md").read_text()
+
+
+def test_report_picks_the_best_head_on_calibration_and_sums_counts_on_evaluation():
+    from lceval.report import alignment_table, frame
+
+    def row(sample, h0, h1, mean, score):
+        counts = {"L0H0": h0, "L0H1": h1, "mean": mean}
+        return {"task": "alignment", "sample_id": f"s{sample}", "pairing": "m/full", "model": "m", "attention": "full",
+                "context_length": 96, "status": "ok", "correct": False, "score": score,
+                "meta": {"sample": sample, "layout": "concatenated", "depth": 0.5,
+                         "aer_counts": {k: dict(zip(("a", "s", "a_and_s", "a_and_p"), v, strict=True))
+                                        for k, v in counts.items()}}}
+
+    rows = [row(0, (4, 4, 1, 1), (4, 4, 4, 4), (4, 4, 2, 2), 1.0),  # calibration: head L0H1 is perfect
+            row(2, (4, 4, 0, 0), (4, 4, 3, 4), (4, 4, 2, 2), 1.0),
+            row(1, (5, 4, 4, 5), (5, 4, 2, 3), (5, 4, 3, 3), 0.5),  # evaluation: the chosen head is not the best here
+            row(3, (3, 2, 2, 3), (3, 2, 1, 1), (3, 2, 1, 2), 0.0)]
+    t = alignment_table(frame(rows))
+    assert len(t) == 1 and t.loc[0, "best_head"] == "L0H1" and t.loc[0, "n"] == 2
+    # L0H1 on the evaluation rows: a=8, s=6, a_and_s=3, a_and_p=4 -> AER 1 - 7/14; precision 4/8; recall 3/6
+    assert t.loc[0, "aer_best_head"] == pytest.approx(0.5)
+    assert t.loc[0, "precision_best_head"] == pytest.approx(0.5) and t.loc[0, "recall_best_head"] == pytest.approx(0.5)
+    assert t.loc[0, "aer_mean_heads"] == pytest.approx(1 - (4 + 5) / (8 + 6))  # a ratio of sums, not a mean of ratios
+    assert t.loc[0, "translation_accuracy"] == pytest.approx(0.25)
