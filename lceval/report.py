@@ -357,7 +357,7 @@ def plot_text(text: str) -> str:
 STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"), ("X", ":"), ("*", "-.")]
 
 
-def heatmap(cells: pd.DataFrame, pairing: str, task: str, group: str, path: Path) -> None:
+def heatmap(cells: pd.DataFrame, pairing: str, task: str, group: str, path: Path, label: str | None = None) -> None:
     sub = cells[(cells["pairing"] == pairing) & (cells["task"] == task)]
     acc = sub.pivot(index=group, columns="context_length", values="score").sort_index()
     n = sub.pivot(index=group, columns="context_length", values="n_ran").reindex_like(acc)
@@ -382,7 +382,7 @@ def heatmap(cells: pd.DataFrame, pairing: str, task: str, group: str, path: Path
                 text = f"{v:.0%}\n[{lo.values[i, j]:.0%}-{hi.values[i, j]:.0%}]\nn={int(n.values[i, j])}"
             ax.text(j, i, text, ha="center", va="center", fontsize=6.5)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="score (95% interval, n)")
-    ax.set_title(plot_text(f"{task}: {pairing}"), fontsize=10)
+    ax.set_title(plot_text(f"{task}: {label or pairing}"), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -465,11 +465,19 @@ def build_report(run_dir: Path, threshold: float | None = None) -> Path:
     for task in df["task"].unique():
         groups = task_groups(manifest, task, df[df["task"] == task])
         tc = cells[cells["task"] == task]
-        if groups:
+        if groups:  # rows: the first group key; one heatmap per value of the others (e.g. alignment's layout)
+            others = groups[1:]
             for pairing in tc["pairing"].unique():
-                path = out / f"heatmap_{file_stem(task, pairing)}.png"
-                heatmap(tc, pairing, task, groups[0], path)
-                images.append((f"{task}: {pairing}", path))
+                mine = tc[tc["pairing"] == pairing]
+                combos = list(mine[others].drop_duplicates().itertuples(index=False, name=None)) if others else [()]
+                for combo in combos:
+                    sub = mine
+                    for key, value in zip(others, combo, strict=True):
+                        sub = sub[sub[key] == value]
+                    label = pairing + "".join(f", {k.removeprefix('meta.')}={v}" for k, v in zip(others, combo, strict=True))
+                    path = out / f"heatmap_{file_stem(task, pairing, *map(str, combo))}.png"
+                    heatmap(sub, pairing, task, groups[0], path, label)
+                    images.append((f"{task}: {label}", path))
         lt = lengths[lengths["task"] == task]
         if lt["context_length"].nunique() > 1:
             path = out / f"length_{file_stem(task)}.png"

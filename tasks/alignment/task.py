@@ -34,32 +34,38 @@ class AlignmentConfig(TaskConfig):
     lengths: list[Length] = pydantic.Field(default_factory=lambda: [128, 256, 512])
     depths: list[pydantic.confloat(ge=0, le=1)] = pydantic.Field(default_factory=lambda: [0.0, 0.5, 1.0])
     samples: Samples = 10
-    layout: Literal["concatenated", "interleaved"] = "concatenated"
+    layouts: list[Literal["concatenated", "interleaved"]] = pydantic.Field(
+        default_factory=lambda: ["concatenated", "interleaved"],
+        description="concatenated: sources then translations (distance grows); interleaved: the control")
 
 
 class Alignment(Task):
     name = "alignment"
-    version = "1"
+    version = "2"
     Config = AlignmentConfig
     metric = "label_accuracy"
     max_new_tokens = 1
     stop_words = ()
-    group_by = ("depth",)
+    group_by = ("depth", "layout")
     distance_key = "distance"
 
     def vocabulary(self) -> list[str]:
         return vocabulary()
 
+    def cells(self) -> list[dict[str, Any]]:
+        return [{"context_length": n, "depth": d, "layout": lay} for lay in self.config.layouts
+                for n in self.config.lengths for d in self.config.depths]
+
     def cell_samples(self, cell: dict[str, Any], tokenizer, n: int) -> list[Sample]:
-        length, depth = cell["context_length"], cell["depth"]
+        length, depth, layout = cell["context_length"], cell["depth"], cell["layout"]
         out = []
         for i in range(n):
-            doc = build_document(self.rng(length, float(depth), i), tokenizer, length, float(depth), self.config.layout)
+            doc = build_document(self.rng(layout, length, float(depth), i), tokenizer, length, float(depth), layout)
             self.check_known(tokenizer, doc.ids, "a document")
             tgt = doc.tgt_spans[doc.focus]
             positions = [t - 1 for a, b in tgt for t in range(a, b)]
             gold = doc.pairs[doc.focus].gold
-            meta = {"depth": float(depth), "realized_depth": round(doc.depth, 4), "layout": self.config.layout,
+            meta = {"depth": float(depth), "realized_depth": round(doc.depth, 4), "layout": layout,
                     "distance": tgt[0][0] - doc.src_spans[doc.focus][0][0], "target_words": len(tgt),
                     "sample": i,
                     # working data for read_capture (not written to rows)
@@ -67,7 +73,7 @@ class Alignment(Task):
                     "_tgt": [list(span) for span in tgt],
                     "_focus": [sum(len(p) for p in doc.src_spans[: doc.focus]), len(doc.src_spans[doc.focus])],
                     "_sure": sorted(map(list, gold.sure)), "_possible": sorted(map(list, gold.possible))}
-            out.append(Sample(id=f"alignment/{self.config.layout}/L{length}/d{depth:g}/s{i}", input_ids=doc.ids,
+            out.append(Sample(id=f"alignment/{layout}/L{length}/d{depth:g}/s{i}", input_ids=doc.ids,
                               references=doc.pairs[doc.focus].target, label_positions=positions,
                               labels=[doc.ids[p + 1] for p in positions], meta=meta))
         return out

@@ -16,7 +16,7 @@ from lceval.tokenizer import word_level
 
 @pytest.fixture(scope="module")
 def setup():
-    task = Alignment(AlignmentConfig(lengths=[96], depths=[0.0, 1.0], samples=2, layout="concatenated"), seed=0)
+    task = Alignment(AlignmentConfig(lengths=[96], depths=[0.0, 1.0], samples=2, layouts=["concatenated"]), seed=0)
     tok = word_level(task.vocabulary())
     return task, tok, task.samples(tok)
 
@@ -66,11 +66,11 @@ def test_run_writes_counts_per_layer_and_head(write_config, tmp_path):
     cfg = {"run": {"name": "align", "seed": 0, "batch_size": 4},
            "models": {"m": {"type": "reference", "train": recipe}},
            "pairings": [{"model": "m", "attention": ["full", "flash", "linear"]}],
-           "tasks": {"alignment": {"lengths": [96, 160], "depths": [0.0, 1.0], "samples": 2}}}
+           "tasks": {"alignment": {"lengths": [96, 160], "depths": [0.0, 1.0], "samples": 2}}}  # both layouts
     res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--no-progress"])
     assert res.exit_code == 0, res.output
     rows = read_rows(tmp_path / "r")
-    assert len(rows) == 3 * 2 * 2 * 2 and {r["status"] for r in rows} == {"ok"}
+    assert len(rows) == 3 * 2 * 2 * 2 * 2 and {r["status"] for r in rows} == {"ok"}
     for r in rows:
         counts = r["meta"]["aer_counts"]
         assert set(counts) == {"L0H0", "L0H1", "L1H0", "L1H1", "mean"}
@@ -83,6 +83,9 @@ def test_run_writes_counts_per_layer_and_head(write_config, tmp_path):
 
     table = pd.read_csv(tmp_path / "r" / "report" / "alignment.csv")
     assert set(table["pairing"]) == {"m/full", "m/flash", "m/linear"} and set(table["n"]) == {1}  # odd samples
+    assert set(table["layout"]) == {"concatenated", "interleaved"}
+    heatmaps = sorted(p.name for p in (tmp_path / "r" / "report").glob("heatmap_*.png"))
+    assert len(heatmaps) == 3 * 2  # one per pairing and layout (depth x length in each)
     assert "Alignment: translation accuracy and AER" in (tmp_path / "r" / "report" / "summary.md").read_text()
 
 
@@ -108,3 +111,21 @@ def test_report_picks_the_best_head_on_calibration_and_sums_counts_on_evaluation
     assert t.loc[0, "precision_best_head"] == pytest.approx(0.5) and t.loc[0, "recall_best_head"] == pytest.approx(0.5)
     assert t.loc[0, "aer_mean_heads"] == pytest.approx(1 - (4 + 5) / (8 + 6))  # a ratio of sums, not a mean of ratios
     assert t.loc[0, "translation_accuracy"] == pytest.approx(0.25)
+
+
+def test_the_committed_alignment_report_matches_its_config():
+    import json
+
+    import pandas as pd
+    import yaml
+
+    from conftest import ROOT
+
+    manifest = json.loads((ROOT / "reports" / "alignment" / "manifest.json").read_text())
+    config = yaml.safe_load((ROOT / "configs" / "alignment.yaml").read_text())
+    assert manifest["config"]["tasks"]["alignment"]["lengths"] == config["tasks"]["alignment"]["lengths"]
+    table = pd.read_csv(ROOT / "reports" / "alignment" / "alignment.csv")
+    full, flash = (table[table["pairing"] == f"rotary/{a}"].drop(columns="pairing").reset_index(drop=True)
+                   for a in ("full", "flash"))
+    pd.testing.assert_frame_equal(full, flash)  # the exact variants agree count for count
+    assert len(table) == 2 * 5 * 2 * 3 * 3
