@@ -47,6 +47,25 @@ def _load_phi(base, rows, stride_row, offs_d, ok, FEATURE: tl.constexpr):
 
 
 @triton.jit
+def _lowp(x, LOWP: tl.constexpr, DT: tl.constexpr):
+    """A dot operand in the inputs' 16-bit type (tensor cores at full rate), or float32 as is."""
+    y = x
+    if LOWP:
+        y = x.to(DT)
+    return y
+
+
+@triton.jit
+def _summary(k_base, v_base, keys, ok, stride_ks, stride_vs, offs_d, offs_dv, d_ok, dv_ok,
+             FEATURE: tl.constexpr, PRECISION: tl.constexpr, LOWP: tl.constexpr, DT: tl.constexpr):
+    """One chunk of keys: phi(K)^T V (BLOCK_D x BLOCK_DV, float32) and sum phi(K) (BLOCK_D); rows not ``ok`` add 0."""
+    fk = _load_phi(k_base, keys, stride_ks, offs_d, ok & d_ok, FEATURE)  # (CHUNK, BLOCK_D)
+    v = tl.load(v_base + keys[:, None] * stride_vs + offs_dv[None, :], mask=ok & dv_ok, other=0.0)
+    kv = tl.dot(tl.trans(_lowp(fk, LOWP, DT)), _lowp(v.to(tl.float32), LOWP, DT), input_precision=PRECISION)
+    return kv, tl.sum(fk, 0)
+
+
+@triton.jit
 def chunk_state_kernel(
     K, V, STATE, Z,
     stride_kb, stride_kh, stride_ks,
@@ -65,17 +84,14 @@ def chunk_state_kernel(
     keys = KEY_START + rows
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = pid_dv * BLOCK_DV + tl.arange(0, BLOCK_DV)
-    row_ok = rows[:, None] < N_KEYS
-    k_ok = row_ok & (offs_d[None, :] < D)
-    fk = _load_phi(K + b * stride_kb + h * stride_kh, keys, stride_ks, offs_d, k_ok, FEATURE)  # (CHUNK, BLOCK_D)
-    v_ok = row_ok & (offs_dv[None, :] < D)
-    v = tl.load(V + b * stride_vb + h * stride_vh + keys[:, None] * stride_vs + offs_dv[None, :], mask=v_ok, other=0.0)
-    s = tl.dot(tl.trans(fk), v.to(tl.float32), input_precision=PRECISION)  # (BLOCK_D, BLOCK_DV)
+    s, zc = _summary(K + b * stride_kb + h * stride_kh, V + b * stride_vb + h * stride_vh, keys,
+                     rows[:, None] < N_KEYS, stride_ks, stride_vs, offs_d, offs_dv, offs_d[None, :] < D,
+                     offs_dv[None, :] < D, FEATURE, PRECISION, False, tl.float32)  # (BLOCK_D, BLOCK_DV), (BLOCK_D)
     base = (pid_bh * N_CHUNKS + c) * D
     tl.store(STATE + (base + offs_d[:, None]) * D + offs_dv[None, :], s,
              mask=(offs_d[:, None] < D) & (offs_dv[None, :] < D))
     if pid_dv == 0:
-        tl.store(Z + base + offs_d, tl.sum(fk, 0), mask=offs_d < D)
+        tl.store(Z + base + offs_d, zc, mask=offs_d < D)
 
 
 @triton.jit
@@ -115,15 +131,6 @@ def chunk_output_kernel(
 
 
 @triton.jit
-def _lowp(x, LOWP: tl.constexpr, DT: tl.constexpr):
-    """A dot operand in the inputs' 16-bit type (tensor cores at full rate), or float32 as is."""
-    y = x
-    if LOWP:
-        y = x.to(DT)
-    return y
-
-
-@triton.jit
 def chunk_prefix_kernel(
     K, V, HS, Z,
     stride_kb, stride_kh, stride_ks,
@@ -153,11 +160,10 @@ def chunk_prefix_kernel(
     z = tl.zeros([BLOCK_D], dtype=tl.float32)
     for start in range(0, PREFIX, CHUNK):  # keys before the first query are visible to every query
         keys = start + offs_c
-        ok = keys[:, None] < PREFIX
-        fk = _load_phi(k_base, keys, stride_ks, offs_d, ok & d_ok, FEATURE)
-        v = tl.load(v_base + keys[:, None] * stride_vs + offs_dv[None, :], mask=ok & dv_ok, other=0.0)
-        state += tl.dot(tl.trans(_lowp(fk, LOWP, DT)), _lowp(v.to(tl.float32), LOWP, DT), input_precision=PRECISION)
-        z += tl.sum(fk, 0)
+        kv, zc = _summary(k_base, v_base, keys, keys[:, None] < PREFIX, stride_ks, stride_vs, offs_d, offs_dv, d_ok,
+                          dv_ok, FEATURE, PRECISION, LOWP, DT)
+        state += kv
+        z += zc
     st_mask = (offs_d[:, None] < D) & dv_ok
     for c in range(0, N_CHUNKS):
         base = (pid_bh * N_CHUNKS + c) * D
@@ -165,12 +171,10 @@ def chunk_prefix_kernel(
         if pid_dv == 0:
             tl.store(Z + base + offs_d, z, mask=offs_d < D)
         rows = c * CHUNK + offs_c
-        ok = rows[:, None] < T
-        keys = PREFIX + rows
-        fk = _load_phi(k_base, keys, stride_ks, offs_d, ok & d_ok, FEATURE)
-        v = tl.load(v_base + keys[:, None] * stride_vs + offs_dv[None, :], mask=ok & dv_ok, other=0.0)
-        state += tl.dot(tl.trans(_lowp(fk, LOWP, DT)), _lowp(v.to(tl.float32), LOWP, DT), input_precision=PRECISION)
-        z += tl.sum(fk, 0)
+        kv, zc = _summary(k_base, v_base, PREFIX + rows, rows[:, None] < T, stride_ks, stride_vs, offs_d, offs_dv,
+                          d_ok, dv_ok, FEATURE, PRECISION, LOWP, DT)
+        state += kv
+        z += zc
 
 
 @triton.jit
