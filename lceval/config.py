@@ -372,12 +372,10 @@ def check_attention(spec: AttentionSpec, where: str):
 def check_external(spec: ModelSpec, where: str) -> None:
     """Config-time checks of hf and module models: weights, model type, rope override, factory import."""
     if spec.type == "hf":
-        from lceval.models.hf import check_supported, check_weights, position_of, read_config
+        from lceval.models.hf import inspect_dir, position_of
 
         try:
-            raw = read_config(spec.path)
-            check_supported(raw)
-            check_weights(spec.path)
+            raw = inspect_dir(spec.path)
         except UserError as exc:
             raise ConfigError(f"{where}.path", str(exc)) from None
         if spec.rope is not None and position_of(raw) != "rotary":

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lceval import registry
+from lceval.attention import Attention
 from lceval.config import Pairing, Resolved
 from lceval.dataset import cached_samples
 from lceval.errors import ConfigError, UserError
@@ -113,8 +114,8 @@ class Runner:
         self._devices = {name: self.device if spec.device is None else pick_device(spec.device, f"models.{name}.device")
                          for name, spec in resolved.config.models.items()}
         self._adapters: dict[str, ModelAdapter] = {}
-        self._built: dict[str, tuple] = {}  # pairing label -> (attention, model with it)
-        self._active: dict[str, str] = {}  # model name -> the pairing whose attention it holds now
+        self._attentions: dict[str, Attention] = {}  # pairing label -> its attention, built once
+        self._active: dict[str, tuple] = {}  # model name -> (pairing label, the model holding its attention)
         self._redo: set = set()
         self.run_id: str | None = None
         self._samples: dict[tuple[str, str], list[Sample]] = {}
@@ -240,11 +241,13 @@ class Runner:
         """Rows of one unit (the same code on this machine and on a Ray worker)."""
         adapter = self.adapter(unit.pairing.model)
         label = unit.pairing.label
-        if self._active.get(unit.pairing.model) != label:  # the model holds another pairing's attention
-            attention = self._built[label][0] if label in self._built else unit.pairing.attention.build()
-            self._built[label] = (attention, adapter.with_attention(attention))
-            self._active[unit.pairing.model] = label
-        attention, model = self._built[label]
+        if label not in self._attentions:
+            self._attentions[label] = unit.pairing.attention.build()
+        attention = self._attentions[label]
+        active = self._active.get(unit.pairing.model)
+        if active is None or active[0] != label:  # the model holds another pairing's attention
+            active = self._active[unit.pairing.model] = (label, adapter.with_attention(attention))
+        model = active[1]
         return self._score(unit.pairing, self._tasks[unit.task], adapter, attention, model, unit.batch, unit.seq,
                            unit.size)
 

@@ -14,7 +14,6 @@ from typing import Literal
 
 import torch
 
-from lceval import metrics
 from lceval.generate import Answer, greedy_generate, labelled, teacher_forced
 from lceval.task import Sample, Task
 from lceval.tokenizer import TextTokenizer
@@ -42,9 +41,12 @@ def score_batch(model, task: Task, samples: list[Sample], tokenizer: TextTokeniz
         raise ValueError("score_batch needs samples of one prompt length")
     prompts = torch.tensor([s.input_ids for s in samples], device=device)  # (B, T)
     if task.metric == "label_accuracy":  # teacher-forced by definition: the argmax at every labelled position
-        return [Scored(metrics.label_accuracy(a.tokens, s.labels) if a.finite else 0.0,
-                       tokenizer.decode(a.tokens).strip(), a, "teacher_forcing", extra)
-                for s, (a, extra) in zip(samples, _labelled(model, task, prompts, samples), strict=True)]
+        out = []
+        for s, (a, extra) in zip(samples, _labelled(model, task, prompts, samples), strict=True):
+            text = tokenizer.decode(a.tokens).strip()
+            out.append(Scored(task.score(s, a.tokens, text, True) if a.finite else 0.0, text, a, "teacher_forcing",
+                              extra))
+        return out
     stop_ids = task.stop_ids(tokenizer)
     tf = [uses_teacher_forcing(task, s, stop_ids, mode) for s in samples]
     if all(tf) and len({len(s.answer_ids) for s in samples}) == 1:

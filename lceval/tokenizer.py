@@ -61,17 +61,18 @@ class TextTokenizer:
         """
         ids = self._pieces.get(text)
         if ids is None:
-            anchor = self._anchor_ids()
-            both = self._encode(_ANCHOR + " " + text)
-            ids = both[len(anchor):] if both[: len(anchor)] == anchor else self._encode(" " + text)
+            ids = self._mid_text(" " + text)
             if len(self._pieces) < 200_000:
                 self._pieces[text] = ids
         return ids
 
-    def _anchor_ids(self) -> list[int]:
+    def _mid_text(self, text: str) -> list[int]:
+        """Ids of ``text`` as it follows other text: the tail of ``ANCHOR + text`` after the anchor's own ids
+        (``text`` alone if the anchor merges with it)."""
         if self._anchor is None:
             self._anchor = self._encode(_ANCHOR)
-        return self._anchor
+        both = self._encode(_ANCHOR + text)
+        return both[len(self._anchor):] if both[: len(self._anchor)] == self._anchor else self._encode(text)
 
     def prefix(self) -> list[int]:
         """Ids every prompt starts with: the chat template's head, else the BOS token if there is one."""
@@ -132,10 +133,7 @@ class TextTokenizer:
             head, tail = render(marker, False).split(marker)
             plain = cls(tokenizer)
             # the head starts the text; the tail follows running text, so it is encoded as a piece is (anchored)
-            anchor = plain._anchor_ids()
-            after = plain._encode(_ANCHOR + tail)
-            tail_ids = after[len(anchor):] if after[: len(anchor)] == anchor else plain._encode(tail)
-            chat = (plain._encode(head), tail_ids)
+            chat = (plain._encode(head), plain._mid_text(tail))
             probe = "Here"  # a message as tasks write one: pieces after a space
             if list(render(" " + probe, True)) != chat[0] + plain.piece(probe) + chat[1]:
                 raise UserError(f"{type(tokenizer).__name__}'s chat template does not tokenize the same around a "

@@ -36,6 +36,11 @@ def words(prefix: str, n: int) -> list[str]:
     return [f"{prefix}{i:02d}" for i in range(n)]
 
 
+def word_ids(tokenizer, prefix: str, n: int) -> list[int]:
+    """The token of each made-up word ``prefix00..`` (one token each with the task's tokenizer)."""
+    return [tokenizer.piece(w)[0] for w in words(prefix, n)]
+
+
 class InductionConfig(TaskConfig):
     lengths: list[Length] = pydantic.Field(default_factory=lambda: [64, 128, 256, 512])
     depths: list[pydantic.confloat(ge=0, le=1)] = pydantic.Field(default_factory=lambda: [0.1, 0.5, 0.9])
@@ -60,7 +65,7 @@ class Induction(Task):
 
     def _sequence(self, rng, tokenizer, length: int, at: int) -> tuple[list[int], int]:
         """ids of ``length`` tokens: noise, ``trig target`` at ``at``, noise, ``trig``; and the target id."""
-        noise = [tokenizer.piece(w)[0] for w in words("t", self.config.vocab)]
+        noise = word_ids(tokenizer, "t", self.config.vocab)
         trig = tokenizer.piece(TRIGGER)[0]
         ids = [noise[j] for j in rng.integers(len(noise), size=length)]
         target = noise[rng.integers(len(noise))]
@@ -132,9 +137,8 @@ class Mqar(Task):
 
     def _build(self, rng, tokenizer, length: int, n_pairs: int, n_queries: int, depth: float | None):
         c = self.config
-        key_ids = [tokenizer.piece(w)[0] for w in words("k", c.keys)]
-        val_ids = [tokenizer.piece(w)[0] for w in words("v", c.values)]
-        noise = [tokenizer.piece(w)[0] for w in words("n", c.noise)]
+        key_ids, val_ids, noise = (word_ids(tokenizer, p, n) for p, n in (("k", c.keys), ("v", c.values),
+                                                                          ("n", c.noise)))
         keys = rng.choice(len(key_ids), size=n_pairs, replace=False)
         vals = rng.integers(len(val_ids), size=n_pairs)
         block = [t for k, v in zip(keys, vals, strict=True) for t in (key_ids[k], val_ids[v])]

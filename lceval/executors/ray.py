@@ -67,9 +67,6 @@ class Worker:
         self.done += 1
         return rows
 
-    def ping(self) -> int:
-        return os.getpid()
-
 
 def run_on_ray(runner, store, bar, summary) -> None:
     """Score every pending unit of ``runner``'s grid on Ray actors; append rows to ``store`` as units finish."""

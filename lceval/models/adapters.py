@@ -30,17 +30,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LCEVAL_CACHE") or Path.home() / ".cache" / "lceval")
 
 
+def hash_files(files) -> str:
+    """sha256 over each file's name and bytes, in the order given (16 hex digits)."""
+    h = hashlib.sha256()
+    for file in files:
+        h.update(Path(file).name.encode())
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def content_hash(path: Path) -> str:
     """sha256 over a checkpoint's weights, card and tokenizer (what a resumed run must find unchanged)."""
     from lceval.models.checkpoint import CARD, TOKENIZER, WEIGHTS
 
-    h = hashlib.sha256()
-    for name in (WEIGHTS, CARD, TOKENIZER):
-        h.update(name.encode())
-        with open(Path(path) / name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+    return hash_files(Path(path) / name for name in (WEIGHTS, CARD, TOKENIZER))
 
 
 class ModelAdapter:

@@ -19,16 +19,14 @@ message rather than evaluated wrongly.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from lceval.attention import Attention
-from lceval.config import ModelSpec
 from lceval.errors import UserError
-from lceval.models.adapters import DTYPES, ModelAdapter
+from lceval.models.adapters import DTYPES, ModelAdapter, hash_files
 from lceval.tokenizer import TextTokenizer
 
 IMPL = "lceval"
@@ -36,11 +34,10 @@ PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 #: model types whose positions are learned absolute embeddings (the table's size is the limit)
 LEARNED = {"gpt2": "n_positions", "gpt_neo": "max_position_embeddings", "opt": "max_position_embeddings",
-           "gptj": None, "biogpt": "max_position_embeddings", "xglm": None}
-#: model types whose position bias travels in the attention mask or call, which lceval variants cannot apply
-REFUSED = {"bloom": "ALiBi biases in the attention mask", "mpt": "ALiBi biases in the attention mask",
-           "falcon": "ALiBi biases in the attention mask (alibi models)", "gpt_oss": "attention sinks",
-           "gemma2": "attention logit soft-capping"}
+           "biogpt": "max_position_embeddings"}
+#: model types that pass something besides q, k, v to their attention, which lceval variants cannot apply
+#: (ALiBi models, whose biases travel in the attention mask, are found by ``position_of``)
+REFUSED = {"gpt_oss": "attention sinks", "gemma2": "attention logit soft-capping"}
 
 
 def read_config(path: Path) -> dict:
@@ -67,11 +64,16 @@ def position_of(config: dict) -> str:
     return "unknown"
 
 
+def inspect_dir(path: Path) -> dict:
+    """A model directory's config.json, once it is known to be supported and loadable (else a one-line error)."""
+    raw = read_config(path)
+    check_supported(raw)
+    check_weights(Path(path))
+    return raw
+
+
 def check_weights(path: Path) -> None:
     """Safetensors only: a directory with only pickled weights is refused, never unpickled."""
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"no model directory at {path}; `path` must be a local folder saved with save_pretrained")
     if any(path.glob("*.safetensors")):
         if not any((path / n).is_file() for n in TOKENIZER_FILES):
             raise UserError(f"{path} holds no tokenizer ({' or '.join(TOKENIZER_FILES)}); save it beside the "
@@ -85,11 +87,11 @@ def check_weights(path: Path) -> None:
     raise UserError(f"{path} holds no *.safetensors weights; save the model with save_pretrained")
 
 
-def check_supported(config: dict, where: str = "") -> None:
+def check_supported(config: dict) -> None:
     mt = config.get("model_type", "")
-    if (mt in REFUSED and not (mt == "falcon" and not config.get("alibi"))) or (config.get("alibi") and mt != "falcon"):
-        why = REFUSED.get(mt, "ALiBi biases in the attention mask")
-        raise UserError(f"{where}model type {mt!r} carries {why}, which lceval's attention variants cannot "
+    why = "ALiBi biases in the attention mask" if position_of(config) == "alibi" else REFUSED.get(mt)
+    if why:
+        raise UserError(f"model type {mt!r} carries {why}, which lceval's attention variants cannot "
                         "apply; evaluating it with them would be silently wrong")
 
 
@@ -192,9 +194,7 @@ class HFAdapter(ModelAdapter):
 
         spec = self.spec
         path = Path(spec.path)
-        raw = read_config(path)
-        check_supported(raw)
-        check_weights(path)
+        raw = inspect_dir(path)
         register()
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=spec.trust_remote_code)
         rope_overrides(config, spec.rope)
@@ -209,9 +209,7 @@ class HFAdapter(ModelAdapter):
         self.position = position_of(raw)
         self.n_heads = cfg.num_attention_heads
         table = LEARNED.get(raw.get("model_type", ""))
-        self.max_length = getattr(cfg, table) if table and self.position == "learned" else None
-        if raw.get("model_type") == "opt":
-            self.max_length = cfg.max_position_embeddings  # OPT offsets its table by 2, which transformers handles
+        self.max_length = getattr(cfg, table) if table else None  # OPT's offset of 2 is transformers' business
         self.path = path
         self.content_hash = weights_hash(path)
 
@@ -230,15 +228,5 @@ class HFAdapter(ModelAdapter):
 
 def weights_hash(path: Path) -> str:
     """sha256 over a directory's weights, config and tokenizer files (the run identity of an HF model)."""
-    h = hashlib.sha256()
-    for file in sorted(Path(path).iterdir()):
-        if file.is_file() and (file.suffix in (".safetensors", ".json", ".model", ".txt", ".jinja")):
-            h.update(file.name.encode())
-            with open(file, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def model_spec_position(spec: ModelSpec) -> str | None:
-    return position_of(read_config(Path(spec.path)))
+    return hash_files(f for f in sorted(Path(path).iterdir())
+                      if f.is_file() and f.suffix in (".safetensors", ".json", ".model", ".txt", ".jinja"))
