@@ -205,6 +205,7 @@ def gathered_attention(
     score_mod: ScoreMod | None = None,
     scale: float | None = None,
     block_q: int = 128,
+    shift_invariant: bool = False,
 ) -> Tensor:
     """Attention where each query block sees a chosen set of keys: ``keys(q0, q1)`` returns a
     slice (a contiguous band: sliding windows) or an index tensor (gathered key blocks: sparse).
@@ -213,6 +214,8 @@ def gathered_attention(
     keys; with a score bias, or where a row sees no key, the explicit masked softmax instead.
     Memory is O(block_q x keys per block) per step; work is proportional to the keys chosen.
     16-bit inputs are computed in float32 on the explicit path and rounded once.
+    ``shift_invariant``: the mask depends on ``qi - kj`` only (windows), so a band's mask is built
+    once per shape of the band and reused for every query block.
     """
     check_shapes(q, k, v)
     B, H, T, D = q.shape
@@ -220,18 +223,28 @@ def gathered_attention(
     offset = S - T
     kk, vv = repeat_kv(k, H), repeat_kv(v, H)
     outs = []
+    masks: dict[tuple[int, int, int], tuple[Tensor, bool]] = {}
     for q0 in range(0, T, block_q):
         q1 = min(q0 + block_q, T)
         sel = keys(q0, q1)
-        kj = (torch.arange(S, device=q.device)[sel] if isinstance(sel, slice) else sel)[None, :]  # (1, keys)
-        kb, vb = kk[:, :, sel], vv[:, :, sel]
-        if kj.shape[1] == 0:
+        band = isinstance(sel, slice)
+        n_keys = sel.stop - sel.start if band else sel.shape[0]
+        if n_keys == 0:
             outs.append(q.new_zeros((B, H, q1 - q0, D)))
             continue
+        kb, vb = kk[:, :, sel], vv[:, :, sel]
+        kj = (torch.arange(sel.start, sel.stop, device=q.device) if band else sel)[None, :]  # (1, keys)
         qi = positions(q0, q1, offset, q.device)[:, None]
-        visible = mask(qi, kj) if mask is not None else torch.ones(qi.shape[0], kj.shape[1], dtype=torch.bool,
-                                                                   device=q.device)
-        if score_mod is None and bool(visible.any(-1).all()):
+        reuse = (q0 + offset - sel.start, q1 - q0, n_keys) if band and shift_invariant else None
+        if reuse in masks:
+            visible, every_row = masks[reuse]
+        else:
+            visible = mask(qi, kj) if mask is not None else torch.ones(qi.shape[0], n_keys, dtype=torch.bool,
+                                                                       device=q.device)
+            every_row = bool(visible.any(-1).all())
+            if reuse is not None:
+                masks[reuse] = visible, every_row
+        if score_mod is None and every_row:
             outs.append(torch.nn.functional.scaled_dot_product_attention(q[:, :, q0:q1], kb, vb, attn_mask=visible,
                                                                          scale=scale))
             continue

@@ -74,7 +74,7 @@ class SlidingWindowAttention(Attention):
 
             self.last_impl = "torch.banded"
             return gathered_attention(q, k, v, keys=band, mask=mask, score_mod=score_mod, scale=scale,
-                                      block_q=block_q)
+                                      block_q=block_q, shift_invariant=True)
         block = max(32, min(512, W))  # very long windows or large batches: online softmax over key blocks
         hi = (lambda p: p) if causal else (lambda p: p + W - 1)
         blocks = _band_blocks(S, block, offset, lambda p: p - W + 1, hi, mask, q.device)

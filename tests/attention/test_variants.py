@@ -243,3 +243,34 @@ def test_sparse_both_engines_equal_the_definition(monkeypatch, T, S, causal, par
     assert attn.last_impl == "torch.blocked"
     torch.testing.assert_close(gathered.double(), want, **TOL)
     torch.testing.assert_close(blocked.double(), want, **TOL)
+
+
+@pytest.mark.parametrize("T,chunk", [(1, 16), (129, 16), (1000, 128), (300, 64)])
+def test_linear_batched_chunks_equal_the_definition_and_the_chunk_loop(monkeypatch, T, chunk):
+    """Self-attention runs every chunk of a segment in one batched matmul; forcing one chunk per segment
+    (SEGMENT_BYTES 0) and a key cache offset (the chunk loop) must give the same numbers."""
+    import lceval.attention.linear as linear_mod
+
+    q, k, v = rand(2, 4, 2, T, T, 32)
+    attn = build_attention("linear", chunk=chunk)
+    batched = attn(q, k, v, causal=True)
+    torch.testing.assert_close(batched.double(), reference("linear", {}, q, k, v, True), **TOL)
+    monkeypatch.setattr(linear_mod, "SEGMENT_BYTES", 0)
+    assert torch.equal(attn(q, k, v, causal=True), batched)  # segments carry the state exactly
+    pad = torch.zeros(2, 2, 1, 32)  # one earlier key that phi maps to 1 but every query sees: the chunk loop
+    looped = attn(q, torch.cat([pad, k], 2), torch.cat([pad, v], 2), causal=True)
+    want = reference("linear", {}, q, torch.cat([pad, k], 2), torch.cat([pad, v], 2), True)
+    torch.testing.assert_close(looped.double(), want, **TOL)
+
+
+@pytest.mark.parametrize("dh", [32, 7])
+def test_rotary_evaluation_path_equals_the_training_path_bit_for_bit(dh):
+    from lceval.position import Rotary
+
+    rot = Rotary(dh * 2, 2, 512)
+    x = torch.randn(1, 300, 2, 2, dh).permute(2, 0, 3, 1, 4)  # q/k as the model makes them: strided views
+    with torch.no_grad():
+        q_eval, k_eval = rot.rotate(x[0], x[1], offset=5)
+    q_train, k_train = rot.rotate(x[0].clone().requires_grad_(), x[1].clone().requires_grad_(), offset=5)
+    assert torch.equal(q_eval, q_train.detach()) and torch.equal(k_eval, k_train.detach())
+    assert q_eval.is_contiguous()
