@@ -32,7 +32,7 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lceval import metrics  # noqa: E402
+from lceval import registry  # noqa: E402
 from lceval.errors import UserError  # noqa: E402
 from lceval.store import RESULTS, read_manifest, read_rows  # noqa: E402
 
@@ -231,38 +231,6 @@ def agreement_table(df: pd.DataFrame) -> pd.DataFrame:
                                        "max_logprob_diff"])
 
 
-COUNT_KEYS = ("a", "s", "a_and_s", "a_and_p")
-
-
-def alignment_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Alignment rows: translation accuracy and AER (a ratio of sums over the cell) for the mean over heads and
-    for the best head, chosen per pairing on the calibration split (even sample numbers) and reported on the
-    evaluation split (odd ones), by pairing, layout, length and depth."""
-    prefix = "meta.aer_counts."
-    cols = [c for c in df.columns if c.startswith(prefix)]
-    if not cols or "meta.sample" not in df:
-        return pd.DataFrame()
-    heads = sorted({c[len(prefix):].rsplit(".", 1)[0] for c in cols} - {"mean"})
-    rows = df[df["status"].eq("ok") & df[f"{prefix}mean.a"].notna()]
-
-    def summed(part: pd.DataFrame, key: str) -> dict[str, int]:
-        return {k: int(part[f"{prefix}{key}.{k}"].sum()) for k in COUNT_KEYS}
-
-    calibration = rows[rows["meta.sample"].astype(int) % 2 == 0]
-    evaluation = rows[rows["meta.sample"].astype(int) % 2 == 1]
-    best = {p: min(heads, key=lambda h, g=g: metrics.aer(summed(g, h))["aer"]) for p, g in calibration.groupby("pairing")}
-    out = []
-    keys = ["pairing", "meta.layout", "context_length", "meta.depth"]
-    for (pairing, layout, length, depth), g in evaluation.groupby(keys, sort=True):
-        head = best.get(pairing)
-        mean, top = metrics.aer(summed(g, "mean")), metrics.aer(summed(g, head)) if head else {}
-        out.append({"pairing": pairing, "layout": layout, "context_length": int(length), "depth": float(depth),
-                    "n": len(g), "translation_accuracy": g["score"].mean(), "aer_mean_heads": mean["aer"],
-                    "best_head": head, "aer_best_head": top.get("aer"), "precision_best_head": top.get("precision"),
-                    "recall_best_head": top.get("recall")})
-    return pd.DataFrame(out)
-
-
 def distance_table(df: pd.DataFrame, bins: int, manifest: dict | None = None) -> pd.DataFrame:
     """Score by query-to-needle distance (log-spaced bins) for tasks that declare a distance."""
     parts = []
@@ -431,6 +399,20 @@ def curve_plot(t: pd.DataFrame, x: str, title: str, xlabel: str, path: Path, log
 
 
 # --- the report ------------------------------------------------------------------------
+def task_reports(df: pd.DataFrame, out: Path) -> tuple[list, list]:
+    """Each task's own report pieces (``Task.report``); a task whose plugin is not installed is skipped."""
+    sections, images = [], []
+    for task in df["task"].unique():
+        try:
+            cls = registry.tasks.get(task)
+        except UserError:
+            continue
+        s, i = cls.report(df[df["task"] == task].dropna(axis=1, how="all"), out)
+        sections += s
+        images += i
+    return sections, images
+
+
 def build_report(run_dir: Path, threshold: float | None = None) -> Path:
     """Write ``report/`` inside the run directory; returns the summary path.
 
@@ -457,9 +439,7 @@ def build_report(run_dir: Path, threshold: float | None = None) -> Path:
         rounded(ruler).to_csv(out / "ruler.csv", index=False)
     agree = agreement_table(df)
     rounded(agree).to_csv(out / "agreement.csv", index=False)
-    align = alignment_table(df)
-    if not align.empty:
-        rounded(align).to_csv(out / "alignment.csv", index=False)
+    extra_sections, extra_images = task_reports(df, out)
 
     images: list[tuple[str, Path]] = []
     for task in df["task"].unique():
@@ -491,6 +471,7 @@ def build_report(run_dir: Path, threshold: float | None = None) -> Path:
                        path, True)
             images.append((f"{task}: score by distance", path))
 
+    images += extra_images
     name = manifest.get("config", {}).get("run", {}).get("name", run_dir.name)
     rules = (f"Scores are percent (mean per-sample score; RULER's string_match_all / string_match_part or exact "
              f"match), with 95% intervals in the CSVs and heatmaps. Failed rows (nonfinite, oom, error) count as 0; "
@@ -510,9 +491,7 @@ def build_report(run_dir: Path, threshold: float | None = None) -> Path:
         sections.append((task, t.drop(columns=["task", *untested])))
     if not agree.empty:
         sections.append(("Agreement with the oracle (per sample)", agree))
-    if not align.empty:
-        sections.append(("Alignment: translation accuracy and AER (best head chosen on even samples, reported on odd)",
-                         align))
+    sections += extra_sections
     md = [f"# lceval report: {name}", "", rules, ""]
     for title, t in sections:
         md += [f"## {title}", "", markdown_table(t), ""]

@@ -213,6 +213,13 @@ class Task:
         """What the task makes of the captured weights (L, H, R, S) of ``capture_rows``: merged into the row's meta."""
         return {}
 
+    @classmethod
+    def report(cls, df, out: Path) -> tuple[list, list]:
+        """Task-specific report pieces: write files into ``out`` from this task's rows ``df`` (a DataFrame,
+        meta flattened to ``meta.<key>`` columns); return (sections: [(title, DataFrame)], images:
+        [(title, path)]) for the summary and the HTML page. Default: none."""
+        return [], []
+
     def rng(self, *parts: Any) -> np.random.Generator:
         """A generator seeded from (seed, task, *parts) only: one cell never shifts another."""
         digest = hashlib.sha256(repr((self.seed, self.name, *parts)).encode()).digest()

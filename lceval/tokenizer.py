@@ -31,6 +31,7 @@ class TextTokenizer:
         self.chat = chat  # a chat template's (head, tail) ids around the user's message, if prompts are wrapped
         self._cache: dict[str, list[int]] = {}  # encode(text)
         self._pieces: dict[str, list[int]] = {}  # piece(text)
+        self._words: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}  # words(words)
         self._anchor: list[int] | None = None  # ids of the anchor piece() encodes after
         self._fingerprint: str | None = None
 
@@ -73,6 +74,55 @@ class TextTokenizer:
             self._anchor = self._encode(_ANCHOR)
         both = self._encode(_ANCHOR + text)
         return both[len(self._anchor):] if both[: len(self._anchor)] == self._anchor else self._encode(text)
+
+    def words(self, words: list[str]) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids of the words joined by spaces, as running text, and each word's token span [start, end).
+
+        The text is encoded once (so the tokenizer merges as it would in a document) and every token
+        is mapped to the word its character offsets fall in. A token that joins two words has no
+        single word; that is an error naming the words.
+        """
+        text = " ".join(words)
+        if text in self._words:
+            return self._words[text]
+        ids, offsets = self._offsets(_ANCHOR + " " + text)
+        anchor = self._anchor if self._anchor is not None else self._encode(_ANCHOR)
+        skip = len(anchor) if ids[: len(anchor)] == anchor else 0
+        base = len(_ANCHOR) + 1 if skip else 0
+        if not skip:  # the anchor merged with the text: encode the text alone
+            ids, offsets = self._offsets(text)
+        ids, offsets = ids[skip:], [(a - base, b - base) for a, b in offsets[skip:]]
+        bounds, pos = [], 0
+        for w in words:
+            start = text.index(w, pos)
+            bounds.append((start, start + len(w)))
+            pos = start + len(w)
+        spans: list[list[int]] = [[] for _ in words]
+        k = 0
+        for t, (a, b) in enumerate(offsets):
+            while k < len(words) - 1 and a >= bounds[k][1]:  # a token starting in the gap belongs to the next word
+                k += 1
+            if b > bounds[k][1] and k < len(words) - 1 and b > bounds[k + 1][0]:
+                raise UserError(f"the tokenizer joins {words[k]!r} and {words[k + 1]!r} into one token; "
+                                "word alignment needs each token inside one word")
+            spans[k].append(t)
+        missing = [w for w, s in zip(words, spans, strict=True) if not s]
+        if missing:
+            raise UserError(f"no token of its own for {missing[0]!r}; word alignment needs each word to have a token")
+        out = ids, [(s[0], s[-1] + 1) for s in spans]
+        if len(self._words) < 200_000:
+            self._words[text] = out
+        return out
+
+    def _offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        if isinstance(self.backend, Tokenizer):
+            enc = self.backend.encode(text, add_special_tokens=False)
+            return enc.ids, [tuple(o) for o in enc.offsets]
+        if not getattr(self.backend, "is_fast", False):
+            raise UserError(f"tokenizer {self.name!r} has no character offsets (a slow tokenizer); word alignment "
+                            "needs a fast tokenizer (tokenizer.json)")
+        enc = self.backend(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
     def prefix(self) -> list[int]:
         """Ids every prompt starts with: the chat template's head, else the BOS token if there is one."""

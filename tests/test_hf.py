@@ -299,3 +299,29 @@ def test_user_module_scores_like_the_reference_model(cacheless, quickstart_rotar
     mod = {r["sample_id"]: r["prediction"] for r in rows if r["pairing"] == "mod/flash"}
     assert len(ref) == 18 and ref == mod
     assert {r["position"] for r in rows if r["pairing"] == "mod/flash"} == {"rotary"}
+
+
+def test_alignment_on_your_own_parallel_text_with_an_hf_model(hf_models, write_config, tmp_path):
+    """Parallel files + Pharaoh gold, a byte-level BPE that splits words (spans through its offsets), attention
+    captured inside a transformers model per layer and head; full and flash give the same links."""
+    from conftest import ROOT
+
+    data = ROOT / "tests" / "fixtures" / "parallel"
+    cfg = {"run": {"name": "byod", "seed": 0, "batch_size": 2},
+           "models": {"llama": {"type": "hf", "path": str(hf_models["llama"])}},
+           "pairings": [{"model": "llama", "attention": ["full", "flash"]}],
+           "tasks": {"alignment": {"lengths": [64, 160], "depths": [0.0, 1.0], "samples": 2,
+                                   "data": {"source": str(data / "en.txt"), "target": str(data / "fr.txt"),
+                                            "gold": str(data / "en-fr.gold")}}}}
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    rows = read_rows(tmp_path / "r")
+    assert len(rows) == 2 * 2 * 2 * 2 * 2 and {r["status"] for r in rows} == {"ok"}
+    english = {line.split() and tuple(line.split()) for line in (data / "en.txt").read_text().splitlines()}
+    for r in rows:
+        assert tuple(r["meta"]["source_words"]) in english
+        assert set(r["meta"]["aer_counts"]) == {f"L{layer}H{h}" for layer in range(2) for h in range(4)} | {"mean"}
+        assert len(r["meta"]["links"]["mean"]) == len(r["meta"]["target_words"])
+    full = {r["sample_id"]: r["meta"]["links"] for r in rows if r["attention"] == "full"}
+    assert full == {r["sample_id"]: r["meta"]["links"] for r in rows if r["attention"] == "flash"}
+    assert (tmp_path / "r" / "report" / "alignment_heads.csv").exists()

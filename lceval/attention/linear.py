@@ -112,28 +112,28 @@ class LinearAttention(Attention):
         P = fq.shape[-1]
         n = -(-T // c)
         pad = n * c - T  # padded keys come after every real query, so the causal mask hides them
-        # chunk-major (n, B, H, c, .): a segment of chunks is one contiguous block, so its matmuls need no copies
-        fq, fk, vv = ((F.pad(x, (0, 0, 0, pad)) if pad else x).view(B, H, n, c, x.shape[-1])
-                      .permute(2, 0, 1, 3, 4).contiguous() for x in (fq, fk, vv))
-        state = q.new_zeros((B, H, P, D), dtype=acc)
-        z = q.new_zeros((B, H, P), dtype=acc)
-        per_chunk = B * H * c * (c + P + D) * fq.element_size()
-        m = max(1, SEGMENT_BYTES // per_chunk)  # chunks per segment
-        outs = []
-        for s0 in range(0, n, m):
-            fqs, fks, vs = fq[s0:s0 + m], fk[s0:s0 + m], vv[s0:s0 + m]
-            kv = fks.transpose(-1, -2) @ vs  # (m, B, H, Dphi, D): each chunk's own sum
-            ks = fks.sum(3)  # (m, B, H, Dphi)
-            states, zs = [], []
-            for j in range(fqs.shape[0]):  # the state before each chunk
-                states.append(state)
-                zs.append(z)
-                state, z = state + kv[j], z + ks[j]
-            a = (fqs @ fks.transpose(-1, -2)).tril_()  # (m, B, H, c, c): keys up to the query
-            num = fqs @ torch.stack(states) + a @ vs
-            den = fqs @ torch.stack(zs)[..., None] + a.sum(-1, keepdim=True)
-            outs.append(self._ratio(num, den))
-        return torch.cat(outs).permute(1, 2, 0, 3, 4).reshape(B, H, n * c, D)[:, :, :T]
+        fq, fk, vv = ((F.pad(x, (0, 0, 0, pad)) if pad else x.contiguous()).view(B, H, n, c, x.shape[-1])
+                      for x in (fq, fk, vv))
+        out = torch.empty((B, H, n, c, D), dtype=fq.dtype, device=q.device)
+        m = max(1, SEGMENT_BYTES // (c * (c + P + D) * fq.element_size()))  # chunks per segment
+        for b in range(B):
+            for h in range(H):  # one sequence at a time: its chunks are contiguous, its segments need no copies
+                state = q.new_zeros((P, D), dtype=acc)
+                z = q.new_zeros((P,), dtype=acc)
+                for s0 in range(0, n, m):
+                    fqs, fks, vs = fq[b, h, s0:s0 + m], fk[b, h, s0:s0 + m], vv[b, h, s0:s0 + m]  # (m, c, .)
+                    kv = fks.transpose(-1, -2) @ vs  # (m, Dphi, D): each chunk's own sum
+                    ks = fks.sum(1)  # (m, Dphi)
+                    states, zs = [], []
+                    for j in range(fqs.shape[0]):  # the state before each chunk
+                        states.append(state)
+                        zs.append(z)
+                        state, z = state + kv[j], z + ks[j]
+                    a = (fqs @ fks.transpose(-1, -2)).tril_()  # (m, c, c): keys up to the query
+                    num = fqs @ torch.stack(states) + a @ vs
+                    den = fqs @ torch.stack(zs)[..., None] + a.sum(-1, keepdim=True)
+                    out[b, h, s0:s0 + m] = self._ratio(num, den)
+        return out.view(B, H, n * c, D)[:, :, :T]
 
     def cached(self, cache, q, k, v, score_mod=None, scale=None) -> Tensor:
         """Decode from the recurrent state: (sum phi(k)^T v, sum phi(k)) over the tokens so far.

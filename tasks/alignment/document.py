@@ -58,8 +58,20 @@ def _encode(tokenizer: TextTokenizer, words: list[str]) -> tuple[list[int], list
 
 
 def build_document(rng: np.random.Generator, tokenizer: TextTokenizer, length: int, depth: float,
-                   layout: str) -> Document:
-    """A document of exactly ``length`` tokens whose focus pair sits nearest ``depth``."""
+                   layout: str, pairs: list[Pair] | None = None) -> Document:
+    """A document of exactly ``length`` tokens whose focus pair sits nearest ``depth``.
+
+    Sentence pairs come from the grammar, or are drawn from ``pairs`` (the user's parallel text; their
+    words are encoded as running text and mapped to tokens through the tokenizer's offsets).
+    """
+    if pairs is None:
+        draw, encode = sentence, lambda words: _encode(tokenizer, words)
+    else:
+        def draw(rng):
+            return pairs[int(rng.integers(len(pairs)))]
+
+        def encode(words):
+            return tokenizer.words(words)
     if layout not in LAYOUTS:
         raise UserError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
     prefix = tokenizer.prefix()
@@ -71,9 +83,9 @@ def build_document(rng: np.random.Generator, tokenizer: TextTokenizer, length: i
     per_pair = len(src_mark) + len(tgt_mark) if layout == "interleaved" else 0
     used = len(prefix) + (0 if layout == "interleaved" else len(src_mark) + len(tgt_mark))
     while True:
-        pair = sentence(rng)
-        s_ids, s_spans = _encode(tokenizer, pair.source)
-        t_ids, t_spans = _encode(tokenizer, pair.target)
+        pair = draw(rng)
+        s_ids, s_spans = encode(pair.source)
+        t_ids, t_spans = encode(pair.target)
         need = len(s_ids) + len(t_ids) + per_pair
         if used + need > length:
             break

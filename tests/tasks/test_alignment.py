@@ -154,3 +154,104 @@ def test_a_length_too_short_for_one_pair_is_a_clear_error():
         build_document(np.random.default_rng(0), word_level(vocabulary()), 8, 0.5, "interleaved")
     with pytest.raises(UserError, match="layout must be one of"):
         build_document(np.random.default_rng(0), word_level(vocabulary()), 100, 0.5, "sideways")
+
+
+# --- bring your own parallel text -----------------------------------------------------------
+def fixture_files():
+    from conftest import ROOT
+
+    d = ROOT / "tests" / "fixtures" / "parallel"
+    return d / "en.txt", d / "fr.txt", d / "en-fr.gold"
+
+
+def test_parallel_files_load_with_their_gold_links():
+    from lceval.tasks.alignment.parallel import load_pairs
+
+    pairs = load_pairs(*fixture_files())
+    assert len(pairs) == 6
+    love = pairs[0]
+    assert love.source == ["I", "love", "you"] and love.target == ["je", "t'aime"]
+    assert love.gold.sure == {(0, 0), (1, 1), (2, 1)}  # love and you both -> t'aime (many-to-one)
+    negation = pairs[2]
+    assert {(negation.source[i], negation.target[j]) for i, j in negation.gold.sure} == {
+        ("I", "je"), ("not", "ne"), ("not", "pas"), ("know", "sais")}
+    assert (1, 1) in negation.gold.possible - negation.gold.sure  # do ~ ne, possible only
+
+
+@pytest.mark.parametrize("case,want", [
+    ("lines", "different lengths: .*src.txt has 2 lines"),
+    ("range", r"gold.txt line 2: link 3-0 points past the sentence pair \(2 source words"),
+    ("blank", "src.txt line 2: empty sentence"),
+    ("malformed", "gold.txt line 1: '0_0' is not a Pharaoh link"),
+])
+def test_parallel_file_errors_name_the_file_and_line(tmp_path, case, want):
+    from lceval.tasks.alignment.parallel import load_pairs
+
+    src, tgt, gold = ["a b", "c d"], ["x y", "z w"], ["0-0 1-1", "0-0 1-1"]
+    if case == "lines":
+        tgt = tgt[:1]
+    elif case == "range":
+        gold[1] = "3-0"
+    elif case == "blank":
+        src[1] = "   "
+    elif case == "malformed":
+        gold[0] = "0_0"
+    for name, lines in (("src.txt", src), ("tgt.txt", tgt), ("gold.txt", gold)):
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=want):
+        load_pairs(tmp_path / "src.txt", tmp_path / "tgt.txt", tmp_path / "gold.txt")
+
+
+@pytest.mark.parametrize("family", ["word", "bpe"])
+def test_word_spans_come_from_the_tokenizers_offsets(family):
+    from lceval.tasks.alignment.parallel import load_pairs
+    from lceval.tokenizer import word_level
+
+    pairs = load_pairs(*fixture_files())
+    words = sorted({w for p in pairs for w in (*p.source, *p.target)})
+    tok = word_level(words) if family == "word" else bpe_over(["je t aime merci"])  # a BPE that splits words
+    for p in pairs:
+        for sent in (p.source, p.target):
+            ids, spans = tok.words(sent)
+            assert ids == tok.piece(" ".join(sent))  # the sentence as running text, encoded once
+            assert [tok.decode(ids[a:b]).strip() for a, b in spans] == sent
+            assert spans[0][0] == 0 and spans[-1][1] == len(ids)
+            assert all(b1 == a2 for (_, b1), (a2, _) in zip(spans, spans[1:], strict=False))  # contiguous
+    if family == "bpe":
+        assert max(b - a for a, b in tok.words(pairs[4].source)[1]) > 1  # some word really is several tokens
+
+
+@pytest.mark.parametrize("layout", ["concatenated", "interleaved"])
+def test_documents_from_parallel_files_are_exact_and_gold_decodes(layout):
+    from lceval.tasks.alignment.document import build_document
+    from lceval.tasks.alignment.parallel import load_pairs
+
+    pairs = load_pairs(*fixture_files())
+    tok = bpe_over(["je t aime merci", "<src> <tgt> ~ ."])
+    rng = np.random.default_rng(3)
+    for length in (64, 300):
+        for depth in (0.0, 1.0):
+            doc = build_document(rng, tok, length, depth, layout, pairs)
+            assert len(doc.ids) == length
+            pair = doc.pairs[doc.focus]
+            src, tgt = doc.src_spans[doc.focus], doc.tgt_spans[doc.focus]
+            for i, j in pair.gold.possible:  # every gold link joins the words the files name
+                assert tok.decode(doc.ids[slice(*src[i])]).strip() == pair.source[i]
+                assert tok.decode(doc.ids[slice(*tgt[j])]).strip() == pair.target[j]
+
+
+def test_parallel_data_in_a_config_is_checked_and_hashed(tmp_path):
+    from lceval.config import validate_task_config
+    from lceval.errors import ConfigError
+    from lceval.tasks.alignment.task import Alignment
+
+    src, tgt, gold = fixture_files()
+    data = {"source": str(src), "target": str(tgt), "gold": str(gold)}
+    cfg = validate_task_config(Alignment, {"data": data}, "tasks.alignment")
+    assert len(cfg.data.pairs) == 6 and "t'aime" in Alignment(cfg).vocabulary()
+    dumped = cfg.model_dump(mode="json")["data"]
+    assert len(dumped["sha256"]) == 16  # the files' contents are part of the run identity
+    bad = tmp_path / "bad.gold"
+    bad.write_text(gold.read_text().replace("0-0 1-0", "0-0 9-0"))
+    with pytest.raises(ConfigError, match=r"tasks\.alignment\.data: .*bad.gold line 4: link 9-0 points past"):
+        validate_task_config(Alignment, {"data": {**data, "gold": str(bad)}}, "tasks.alignment")

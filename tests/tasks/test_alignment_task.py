@@ -31,7 +31,7 @@ def test_labels_rows_and_spans_point_at_the_focus_pair(setup):
         assert task.capture_rows(s) == [a - 1 for a, _ in s.meta["_tgt"]]
         start, count = s.meta["_focus"]
         src = [tok.decode(s.input_ids[a:b]).strip() for a, b in s.meta["_src"][start:start + count]]
-        assert all(0 <= i < count and 0 <= j < len(words) for i, j in s.meta["_possible"])
+        assert all(0 <= i < count and 0 <= j < len(words) for i, j in s.meta["possible"])
         assert src and all(w for w in src)
         assert s.meta["distance"] == s.meta["_tgt"][0][0] - s.meta["_src"][start][0] > 0
 
@@ -41,8 +41,8 @@ def test_aer_counts_from_captured_weights_by_hand(setup):
     s = samples[0]
     start, count = s.meta["_focus"]
     src = s.meta["_src"]
-    sure = {tuple(x) for x in s.meta["_sure"]}
-    possible = {tuple(x) for x in s.meta["_possible"]}
+    sure = {tuple(x) for x in s.meta["sure"]}
+    possible = {tuple(x) for x in s.meta["possible"]}
     R, S = len(s.meta["_tgt"]), len(s.input_ids)
     weights = torch.zeros(1, 2, R, S)  # (L, H, R, S)
     gold_for = {j: i for i, j in sorted(sure)}
@@ -74,7 +74,7 @@ def test_run_writes_counts_per_layer_and_head(write_config, tmp_path):
     for r in rows:
         counts = r["meta"]["aer_counts"]
         assert set(counts) == {"L0H0", "L0H1", "L1H0", "L1H1", "mean"}
-        assert all(c["s"] == counts["mean"]["s"] and c["a"] == r["meta"]["target_words"] for c in counts.values())
+        assert all(c["s"] == counts["mean"]["s"] and c["a"] == len(r["meta"]["target_words"]) for c in counts.values())
         assert not any(k.startswith("_") for k in r["meta"])  # working data stays out of the rows
         assert 0.0 <= r["score"] <= 1.0
     full = {r["sample_id"]: r["meta"]["aer_counts"] for r in rows if r["attention"] == "full"}
@@ -84,13 +84,23 @@ def test_run_writes_counts_per_layer_and_head(write_config, tmp_path):
     table = pd.read_csv(tmp_path / "r" / "report" / "alignment.csv")
     assert set(table["pairing"]) == {"m/full", "m/flash", "m/linear"} and set(table["n"]) == {1}  # odd samples
     assert set(table["layout"]) == {"concatenated", "interleaved"}
-    heatmaps = sorted(p.name for p in (tmp_path / "r" / "report").glob("heatmap_*.png"))
-    assert len(heatmaps) == 3 * 2  # one per pairing and layout (depth x length in each)
+    report = tmp_path / "r" / "report"
+    for prefix in ("heatmap_", "aer_heads_"):  # translation and per layer x head: one per pairing and layout
+        assert len(list(report.glob(f"{prefix}*.png"))) == 3 * 2, prefix
+    assert len([p for p in report.glob("aer_*.png") if not p.name.startswith(("aer_heads_", "aer_distance_"))]) == 6
+    assert len(list(report.glob("aer_distance_*.png"))) == 2 and len(list(report.glob("attention_*.png"))) == 2
+    heads = pd.read_csv(report / "alignment_heads.csv")
+    assert len(heads) == 3 * 2 * 5 and heads["aer"].between(0, 1).all()
+    for r in rows:  # the picture's data: weights of every target word on the focus source words, and the gold
+        w = r["meta"]["focus_weights"]["mean"]
+        assert len(w) == len(r["meta"]["target_words"]) and {len(x) for x in w} == {len(r["meta"]["source_words"])}
+        assert all(0 <= i < len(r["meta"]["source_words"]) for i, _ in r["meta"]["sure"])
     assert "Alignment: translation accuracy and AER" in (tmp_path / "r" / "report" / "summary.md").read_text()
 
 
 def test_report_picks_the_best_head_on_calibration_and_sums_counts_on_evaluation():
-    from lceval.report import alignment_table, frame
+    from lceval.report import frame
+    from lceval.tasks.alignment.report import alignment_table
 
     def row(sample, h0, h1, mean, score):
         counts = {"L0H0": h0, "L0H1": h1, "mean": mean}
