@@ -48,6 +48,10 @@ class InductionConfig(TaskConfig):
     vocab: pydantic.conint(ge=4, le=1000) = 32
     min_offset: pydantic.conint(ge=0) = pydantic.Field(
         4, description="the trigger never sits in the first tokens (absolute positions could memorise them)")
+    train_repeats: pydantic.confloat(ge=0, le=1) = pydantic.Field(
+        0.0, description="share of training examples that are a random sequence followed by its repeat, every "
+        "repeated token labelled (the setting in which induction heads form; a dense signal), instead of one "
+        "trigger and one label")
 
 
 class Induction(Task):
@@ -94,6 +98,13 @@ class Induction(Task):
         return out
 
     def training_example(self, rng: np.random.Generator, length: int, tokenizer) -> TrainingExample:
+        if self.config.train_repeats and rng.random() < self.config.train_repeats:
+            noise = word_ids(tokenizer, "t", self.config.vocab)
+            half = int(rng.integers(4, length // 2 + 1))
+            first = [noise[j] for j in rng.integers(len(noise), size=half)]
+            ids = first + first
+            positions = list(range(half, 2 * half - 1))  # each repeated token predicts the next one
+            return TrainingExample(ids=ids, label_positions=positions, labels=[ids[p + 1] for p in positions])
         n = int(rng.integers(max(8, self.config.min_offset + 4), length))  # + the answer: at most length
         ids, target = self._sequence(rng, tokenizer, n, self._position(n, float(rng.random())))
         return TrainingExample(ids=ids + [target], label_positions=[n - 1], labels=[target])

@@ -45,6 +45,28 @@ def test_induction_places_trigger_and_target_at_the_depth():
         assert at == expected
 
 
+def test_induction_repeat_training_examples_are_solved_by_copying_one_half_back():
+    task = Induction(InductionConfig(train_repeats=0.5), seed=0)
+    tok = word_level(task.vocabulary())
+    trig = tok.piece(TRIGGER)[0]
+    rng = np.random.default_rng(0)
+    kinds = []
+    for _ in range(200):
+        ex = task.training_example(rng, 64, tok)
+        assert len(ex.ids) <= 64 and ex.labels == [ex.ids[p + 1] for p in ex.label_positions]
+        if trig in ex.ids:  # the trigger form: one label, the token after the first trigger
+            assert ex.labels == [ex.ids[ex.ids.index(trig) + 1]]
+            kinds.append("trigger")
+        else:  # the repeat form: every label is the token one half earlier (an induction head's answer)
+            half = len(ex.ids) // 2
+            assert ex.ids[:half] == ex.ids[half:] and len(ex.labels) == half - 1
+            assert all(ex.ids[p + 1 - half] == label for p, label in zip(ex.label_positions, ex.labels, strict=True))
+            kinds.append("repeat")
+    assert 70 < kinds.count("repeat") < 130  # about half, as configured
+    plain = Induction(InductionConfig(), seed=0)  # the default keeps the trigger form only
+    assert all(trig in plain.training_example(rng, 64, tok).ids for _ in range(50))
+
+
 def test_mqar_queries_are_labelled_with_their_pairs_values():
     task = Mqar(MqarConfig(lengths=[96], depths=[0.0, 1.0], samples=4, pairs=6, queries=4), seed=2)
     tok = word_level(task.vocabulary())
