@@ -4,7 +4,7 @@
   heads and for the best head (chosen per pairing and layout on the calibration split, even sample numbers,
   and reported on the evaluation split, odd ones). AER is a ratio of sums over a cell.
 * AER heatmaps by depth x length (best head), per pairing and layout, with 95% bootstrap intervals;
-* AER by distance (curve with 95% bootstrap intervals), per layout;
+* translation accuracy and AER by distance (curves with 95% intervals), per layout;
 * AER per layer x head, per pairing and layout (evaluation split, every cell pooled);
 * the attention picture: one sentence pair, target words x source words, weights as shades, gold sure links
   boxed, possible links dotted, the predicted link crossed; short and long context side by side for the
@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -108,7 +109,10 @@ def head_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def distance_aer(df: pd.DataFrame, bins: int = 6) -> pd.DataFrame:
-    """Best-head AER by distance from a target word's sentence back to its source (log bins), evaluation split."""
+    """Translation accuracy and best-head AER by distance from the translation back to its source (log bins),
+    evaluation split."""
+    from lceval.report import interval
+
     rows = rows_of(df)
     if rows.empty or "meta.distance" not in rows:
         return pd.DataFrame()
@@ -126,8 +130,10 @@ def distance_aer(df: pd.DataFrame, bins: int = 6) -> pd.DataFrame:
             continue
         counts = _counts(g, head)
         lo, hi = aer_interval(counts)
+        t_lo, t_hi = interval(g["score"].astype(float))
         out.append({"pairing": pairing, "layout": layout, "distance_lo": int(b.left), "distance_hi": int(b.right),
-                    "n": len(g), "aer": _aer(counts), "ci_low": lo, "ci_high": hi})
+                    "n": len(g), "translation_accuracy": g["score"].astype(float).mean(), "translation_ci_low": t_lo,
+                    "translation_ci_high": t_hi, "aer": _aer(counts), "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(out)
 
 
@@ -183,23 +189,28 @@ def head_heatmap(heads: pd.DataFrame, pairing: str, layout: str, path: Path) -> 
 
 
 def distance_plot(dist: pd.DataFrame, layout: str, path: Path) -> None:
+    """Two panels by distance: translation accuracy (95% interval) and best-head AER (95% bootstrap interval)."""
     from lceval.report import STYLES, plot_text
 
     sub = dist[dist["layout"] == layout]
-    fig, ax = plt.subplots(figsize=(8.5, 4.2))
-    for i, (pairing, g) in enumerate(sub.groupby("pairing", sort=False)):
-        marker, ls = STYLES[i % len(STYLES)]
-        x = np.sqrt(g["distance_lo"].astype(float) * g["distance_hi"].astype(float))
-        ax.plot(x, g["aer"], marker=marker, linestyle=ls, label=plot_text(pairing), alpha=0.9)
-        ax.fill_between(x, g["ci_low"], g["ci_high"], alpha=0.12)
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("distance from the translation back to its source (tokens)")
-    ax.set_ylabel("AER, best head (95% bootstrap interval)")
-    ax.set_title(f"alignment: AER by distance, {layout}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2))
+    panels = [("translation_accuracy", "translation_ci_low", "translation_ci_high", "translation accuracy (95% interval)"),
+              ("aer", "ci_low", "ci_high", "AER, best head (95% bootstrap interval)")]
+    for ax, (col, lo, hi, label) in zip(axes, panels, strict=True):
+        for i, (pairing, g) in enumerate(sub.groupby("pairing", sort=False)):
+            marker, ls = STYLES[i % len(STYLES)]
+            x = np.sqrt(g["distance_lo"].astype(float) * g["distance_hi"].astype(float))
+            ax.plot(x, g[col], marker=marker, linestyle=ls, label=plot_text(pairing), alpha=0.9)
+            ax.fill_between(x, g[lo], g[hi], alpha=0.12)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("distance from the translation back to its source (tokens)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.suptitle(f"alignment by distance, {layout} (full and flash coincide where both are run)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -286,7 +297,7 @@ def build(df: pd.DataFrame, out: Path) -> tuple[list[tuple[str, pd.DataFrame]], 
     for layout in dist["layout"].unique() if not dist.empty else []:
         path = out / f"aer_distance_{file_stem(layout)}.png"
         distance_plot(dist, layout, path)
-        images.append((f"alignment AER by distance: {layout}", path))
+        images.append((f"alignment translation accuracy and AER by distance: {layout}", path))
     for model in rows_of(df)["model"].unique():
         for layout in table["layout"].unique():
             path = out / f"attention_{file_stem(model, layout)}.png"
