@@ -163,6 +163,8 @@ class PairingSpec(Strict):
     model: str | list[str]
     attention: AttentionSpec | list[AttentionSpec] = pydantic.Field(default_factory=lambda: AttentionSpec(name="full"))
     label: str | None = None
+    tasks: list[str] | None = pydantic.Field(
+        None, min_length=1, description="which of the config's tasks these pairings run (default: every task)")
 
 
 class RaySpec(Strict):
@@ -221,6 +223,10 @@ class Pairing(pydantic.BaseModel):
     model: str
     attention: AttentionSpec
     label: str
+    tasks: list[str] | None = None  # None: every task of the config
+
+    def runs(self, task: str) -> bool:
+        return self.tasks is None or task in self.tasks
 
 
 class Resolved(pydantic.BaseModel):
@@ -348,16 +354,21 @@ def resolve(data: dict, base_dir: Path) -> Resolved:
                     raise ConfigError(f"pairings[{i}].label", f"one label cannot name the {len(models) * len(attns)} "
                                       "pairings this entry expands to; split the entry or drop the label")
                 label = p.label or f"{m}/{attn.label}"
-                pairings.append(Pairing(model=m, attention=a, label=label))
+                pairings.append(Pairing(model=m, attention=a, label=label, tasks=p.tasks))
     seen: set[str] = set()
     for p in pairings:
         if p.label in seen:
             raise ConfigError("pairings", f"pairing {p.label!r} appears twice; give each pairing a distinct label")
         seen.add(p.label)
+    for i, p in enumerate(cfg.pairings):
+        unknown = [t for t in p.tasks or [] if t not in cfg.tasks]
+        if unknown:
+            raise ConfigError(f"pairings[{i}].tasks", f"{unknown[0]!r} is not one of the config's tasks "
+                              f"({', '.join(cfg.tasks) or 'none'}); list tasks defined under `tasks:`")
     tasks = {}
     for name, raw in cfg.tasks.items():
         cls = registry.tasks.get(name, where=f"tasks.{name}")
-        tasks[name] = validate_task_config(cls, raw or {}, f"tasks.{name}")
+        tasks[name] = validate_task_config(cls, raw or {}, f"tasks.{name}", base_dir)
     return Resolved(config=cfg, pairings=pairings, tasks=tasks, base_dir=base_dir)
 
 
@@ -433,14 +444,15 @@ def check_recipe(recipe: TrainRecipe, where: str) -> None:
                           f"training length ({recipe.train_length}); raise max_length or omit it")
 
 
-def validate_task_config(task_cls, raw: dict, where: str):
-    return validate(task_cls.Config, raw or {}, where)
+def validate_task_config(task_cls, raw: dict, where: str, base_dir: Path | None = None):
+    """A task's typed config; relative paths in it (a data file) are taken from ``base_dir``, the config's folder."""
+    return validate(task_cls.Config, raw or {}, where, context={"base_dir": base_dir} if base_dir else None)
 
 
-def validate(model_cls: type[pydantic.BaseModel], data: Any, where: str):
+def validate(model_cls: type[pydantic.BaseModel], data: Any, where: str, context: dict | None = None):
     """Validate ``data`` into ``model_cls``; the first error becomes a one-line ConfigError."""
     try:
-        return model_cls.model_validate(data)
+        return model_cls.model_validate(data, context=context)
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper())]  # drop union tags

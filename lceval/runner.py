@@ -60,12 +60,15 @@ class Unit:
 
 def identity(resolved: Resolved, limit: int | None, models: dict[str, dict]) -> dict:
     """Everything that decides the rows: the config without settings that change no result
-    (report, run.name, run.batch_size, run.threads, where it runs: run.executor and run.ray), --limit, task
-    versions, model contents, the lceval version."""
+    (report, run.name, run.batch_size, run.threads, where it runs: run.executor and run.ray), the typed task
+    configs (so a default or a data file's contents count), --limit, task versions, model contents, the lceval
+    version."""
     config = resolved.config.model_dump(mode="json", exclude={"report"})
     config["run"] = {k: v for k, v in config["run"].items()
                      if k not in ("name", "batch_size", "threads", "executor", "ray")}
     return {"config": config, "limit": limit,
+            # typed, with defaults, resolved paths and data-file hashes (the raw config has none of these)
+            "task_configs": {name: t.model_dump(mode="json") for name, t in resolved.tasks.items()},
             "task_versions": {name: registry.tasks.get(name).version for name in resolved.tasks},
             "models": {name: m.get("sha256") for name, m in models.items()},
             "lceval": package_versions().get("lceval")}
@@ -143,15 +146,15 @@ class Runner:
     def grid_size(self) -> int:
         per_task = {n: len(t.cells()) * min(self.limit or t.samples_per_cell(), t.samples_per_cell())
                     for n, t in self._tasks.items()}
-        return len(self.r.pairings) * sum(per_task.values())
+        return sum(n for p in self.r.pairings for name, n in per_task.items() if p.runs(name))
 
     def estimate_tokens(self) -> int:
         """Prompt tokens to process, from the grid's context lengths (no tokenizer needed)."""
-        total = 0
-        for t in self._tasks.values():
+        per_task = {}
+        for name, t in self._tasks.items():
             n = min(self.limit or t.samples_per_cell(), t.samples_per_cell())
-            total += sum(c.get("context_length") or 0 for c in t.cells()) * n
-        return total * len(self.r.pairings)
+            per_task[name] = sum(c.get("context_length") or 0 for c in t.cells()) * n
+        return sum(n for p in self.r.pairings for name, n in per_task.items() if p.runs(name))
 
     def preflight(self) -> None:
         """Refuse now what the run would refuse later: prompts too short for a task's needles at its
@@ -176,7 +179,8 @@ class Runner:
                         task.training_example(np.random.default_rng(0), spec.train.train_length, tok)
                     except UserError as exc:
                         raise ConfigError(f"models.{name}.train.train_length", f"too short for task {t}: {exc}") from None
-            for task in self._tasks.values():
+            runs = {t for p in self.r.pairings if p.model == name for t in self._tasks if p.runs(t)}
+            for task in (task for t, task in self._tasks.items() if t in runs):
                 cells = [c for c in task.cells() if c.get("context_length") is not None]
                 if cells:
                     shortest = min(cells, key=lambda c: c["context_length"])
@@ -224,6 +228,8 @@ class Runner:
         mode = self.r.config.run.answer
         units = []
         for task_name, task in self._tasks.items():
+            if not pairing.runs(task_name):
+                continue
             stop_ids = task.stop_ids(adapter.tokenizer)
             pending = [s for s in self.samples(task_name, adapter)
                        if (key := (pairing.label, task_name, s.id)) not in store.done or key in self._redo]

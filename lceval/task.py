@@ -66,14 +66,16 @@ class TaskConfig(pydantic.BaseModel):
         return v
 
 
-def _no_nul(v):
+def _safe_path(v: Path, info: pydantic.ValidationInfo) -> Path:
     if "\x00" in str(v):
         raise ValueError("a path cannot contain a NUL byte")
-    return v
+    base = (info.context or {}).get("base_dir")
+    return v if base is None or v.is_absolute() else (Path(base) / v).resolve()
 
 
-#: a filesystem path from a config (refused early when the OS could never open it)
-SafePath = Annotated[Path, pydantic.AfterValidator(_no_nul)]
+#: a filesystem path from a config: refused early when the OS could never open it; relative to the config
+#: file's folder when the config is validated with ``context={"base_dir": ...}`` (as ``lceval run`` does for tasks)
+SafePath = Annotated[Path, pydantic.AfterValidator(_safe_path)]
 
 #: the longest context a task may ask for (2^24 tokens); larger values are a typo, not a study
 MAX_LENGTH = 1 << 24

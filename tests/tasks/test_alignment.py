@@ -255,3 +255,30 @@ def test_parallel_data_in_a_config_is_checked_and_hashed(tmp_path):
     bad.write_text(gold.read_text().replace("0-0 1-0", "0-0 9-0"))
     with pytest.raises(ConfigError, match=r"tasks\.alignment\.data: .*bad.gold line 4: link 9-0 points past"):
         validate_task_config(Alignment, {"data": {**data, "gold": str(bad)}}, "tasks.alignment")
+
+
+def test_data_paths_are_relative_to_the_config_and_their_contents_are_in_the_run_identity(tmp_path):
+    import shutil
+
+    import yaml
+
+    from lceval.config import load_config
+    from lceval.runner import identity, run_id
+
+    data = tmp_path / "cfg" / "data"
+    data.mkdir(parents=True)
+    for f in fixture_files():
+        shutil.copy(f, data / f.name)
+    cfg = {"run": {"name": "byod", "seed": 0},
+           "models": {"m": {"type": "reference", "checkpoint": "zoo:quickstart-rotary"}},
+           "pairings": [{"model": "m", "attention": "full"}],
+           "tasks": {"alignment": {"data": {"source": "data/en.txt", "target": "data/fr.txt",
+                                            "gold": "data/en-fr.gold"}}}}
+    path = tmp_path / "cfg" / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    resolved = load_config(path)  # read from the config's folder, whatever the current directory
+    assert resolved.tasks["alignment"].data.source == (data / "en.txt").resolve()
+    first = run_id(identity(resolved, None, {}))
+    gold = data / "en-fr.gold"
+    gold.write_text(gold.read_text().replace("0-0 1-0", "0-0 1p0"))  # one link edited, same path
+    assert run_id(identity(load_config(path), None, {})) != first

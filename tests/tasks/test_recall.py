@@ -143,3 +143,26 @@ def test_a_model_no_pairing_uses_is_not_checked_against_the_tasks(quickstart_rot
     cfg["pairings"].append({"model": "unused", "attention": "full"})  # used, it is refused with the reason
     res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r2"), "--no-progress"])
     assert res.exit_code == 2 and "cannot represent" in res.output
+
+
+def test_pairings_can_run_a_subset_of_the_tasks(write_config, tmp_path):
+    """An induction model and an mqar model in one config: each pairing runs only its own task (the other's words
+    are not in its tokenizer, so running it there would be refused), and a task name that is not in the config is a
+    config error naming the pairing."""
+    cfg = {"run": {"name": "subset", "seed": 0, "batch_size": 4},
+           "models": {"ind": {"type": "module", "factory": "induction_oracle:build", "options": {"task": "induction"}},
+                      "mq": {"type": "module", "factory": "induction_oracle:build", "options": {"task": "mqar"}}},
+           "pairings": [{"model": "ind", "attention": "full", "tasks": ["induction"]},
+                        {"model": "mq", "attention": ["full", "flash"], "tasks": ["mqar"]}],
+           "tasks": {"induction": {"lengths": [64], "depths": [0.5], "samples": 3},
+                     "mqar": {"lengths": [64, 128], "depths": [0.5], "samples": 2}}}
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    rows = read_rows(tmp_path / "r")
+    assert sorted((r["pairing"], r["task"]) for r in rows) == sorted(
+        [("ind/full", "induction")] * 3 + [("mq/full", "mqar")] * 4 + [("mq/flash", "mqar")] * 4)
+    assert {r["score"] for r in rows} == {1.0}
+    cfg["pairings"][0]["tasks"] = ["niah"]
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r2"), "--no-progress"])
+    assert res.exit_code == 2 and "pairings[0].tasks: 'niah' is not one of the config's tasks (induction, mqar)" \
+        in res.output
