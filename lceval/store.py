@@ -143,6 +143,12 @@ def describe_change(old: dict, new: dict) -> str:
             parts += [f"config {p}" for p in _diff_paths(a, b)]
         elif key == "models" and isinstance(a, dict) and isinstance(b, dict):
             parts += [f"model {m}'s contents" for m in sorted(set(a) | set(b)) if a.get(m) != b.get(m)]
+        elif key == "task_configs" and not (isinstance(a, dict) and isinstance(b, dict)):
+            parts.append("typed task configs (not recorded by the older run)")
+        elif key == "task_configs":
+            config_paths = set(_diff_paths(old.get("config") or {}, new.get("config") or {}))
+            parts += [f"task config {p}" for p in _diff_paths(a, b)  # what the raw config change does not name
+                      if f"tasks.{p}" not in config_paths]
         elif key == "task_versions":
             parts.append(f"task versions ({a} -> {b})")
         else:

@@ -84,11 +84,37 @@ def test_zoo_mqar_models_reproduce_their_cards_and_recipes(name):
     assert abs(fresh - card["measured"]["accuracy"]) < 0.08, (fresh, card["measured"])
 
 
+INDUCTION = [f"induction-{p}-c{c}" for c in (0, 3) for p in ("none", "sinusoidal", "learned", "rotary", "alibi")] + [
+    f"induction-rotary-c0-{kind}" for kind in ("norepeat", "window", "sparse", "linear")]
+
+
+@pytest.mark.parametrize("name", INDUCTION)
+def test_zoo_induction_models_reproduce_their_cards_and_recipes(name):
+    """Each shipped induction model: its card's recipe is the one configs/zoo_train_induction.yaml trains, and
+    fresh samples at the training length (another seed than the card's) score within 0.1 of the card."""
+    import yaml
+
+    from conftest import ROOT
+    from lceval.config import ModelSpec
+    from lceval.tasks.recall import Induction, InductionConfig
+
+    path = zoo_path(f"zoo:{name}")
+    model, tok, card = load_checkpoint(path)
+    data = yaml.safe_load((ROOT / "configs" / "zoo_train_induction.yaml").read_text())
+    recipe = ModelSpec(**data["models"][name.removeprefix("induction-")]).train
+    assert card["recipe"] == recipe.model_dump(mode="json")
+    model.attention = recipe.attention.build()  # the variant it trained with
+    task = Induction(InductionConfig(lengths=[64], depths=[0.1, 0.5, 0.9], samples=40), seed=4242)
+    samples = task.samples(tok)
+    fresh = sum(r.score for r in score_batch(model, task, samples, tok)) / len(samples)
+    assert abs(fresh - card["measured"]["accuracy"]) < 0.1, (fresh, card["measured"])
+
+
 def test_the_zoo_report_is_the_shipped_models():
     from conftest import ROOT
     from lceval.models.adapters import content_hash
 
     models = json.loads((ROOT / "reports" / "zoo" / "models.json").read_text())
-    assert len(models) == len(MQAR)
+    assert sorted(models) == sorted(MQAR + INDUCTION)
     for key, m in models.items():
-        assert content_hash(zoo_path(f"zoo:mqar-{key}")) == m["sha256"], key
+        assert content_hash(zoo_path(f"zoo:{key}")) == m["sha256"], key

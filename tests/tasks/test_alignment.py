@@ -282,3 +282,17 @@ def test_data_paths_are_relative_to_the_config_and_their_contents_are_in_the_run
     gold = data / "en-fr.gold"
     gold.write_text(gold.read_text().replace("0-0 1-0", "0-0 1p0"))  # one link edited, same path
     assert run_id(identity(load_config(path), None, {})) != first
+
+
+def test_an_edited_data_file_is_named_when_a_run_directory_refuses_it():
+    from lceval.store import describe_change
+
+    old = {"config": {"tasks": {"alignment": {"data": {"gold": "g"}}}},
+           "task_configs": {"alignment": {"data": {"gold": "g", "sha256": "aaa"}}}}
+    new = {"config": {"tasks": {"alignment": {"data": {"gold": "g"}}}},
+           "task_configs": {"alignment": {"data": {"gold": "g", "sha256": "bbb"}}}}
+    assert describe_change(old, new) == "task config alignment.data.sha256"
+    edited = {"config": {"tasks": {"alignment": {"samples": 3}}}, "task_configs": {"alignment": {"samples": 3}}}
+    plain = {"config": {"tasks": {"alignment": {"samples": 2}}}, "task_configs": {"alignment": {"samples": 2}}}
+    assert describe_change(plain, edited) == "config tasks.alignment.samples"  # named once
+    assert "not recorded by the older run" in describe_change({"config": {}}, {"config": {}, "task_configs": {}})
