@@ -59,6 +59,16 @@ def test_the_ruler_model_is_the_one_behind_the_committed_report():
     assert card["measured"]["per_task"]["niah_single_1"]["accuracy"] == 1.0
 
 
+def assert_reproduces(fresh: float, n: int, measured: dict) -> None:
+    """Fresh samples (one 0/1 label each) agree with the card within sampling error: 3 standard errors of the
+    difference of two proportions (at least 0.05, so a perfect card still allows a miss or two)."""
+    import math
+
+    p = measured["accuracy"]
+    bound = max(0.05, 3 * math.sqrt(max(p * (1 - p), 0.01) * (1 / n + 1 / measured["samples"])))
+    assert abs(fresh - p) <= bound, (fresh, measured, bound)
+
+
 MQAR = [f"mqar-{p}-c{c}" for c in (0, 3) for p in ("none", "sinusoidal", "learned", "rotary", "alibi")]
 
 
@@ -91,7 +101,7 @@ INDUCTION = [f"induction-{p}-c{c}" for c in (0, 3) for p in ("none", "sinusoidal
 @pytest.mark.parametrize("name", INDUCTION)
 def test_zoo_induction_models_reproduce_their_cards_and_recipes(name):
     """Each shipped induction model: its card's recipe is the one configs/zoo_train_induction.yaml trains, and
-    fresh samples at the training length (another seed than the card's) score within 0.1 of the card."""
+    fresh samples at the training length (another seed than the card's) reproduce the card within sampling error."""
     import yaml
 
     from conftest import ROOT
@@ -107,7 +117,29 @@ def test_zoo_induction_models_reproduce_their_cards_and_recipes(name):
     task = Induction(InductionConfig(lengths=[64], depths=[0.1, 0.5, 0.9], samples=40), seed=4242)
     samples = task.samples(tok)
     fresh = sum(r.score for r in score_batch(model, task, samples, tok)) / len(samples)
-    assert abs(fresh - card["measured"]["accuracy"]) < 0.1, (fresh, card["measured"])
+    assert_reproduces(fresh, len(samples), card["measured"])
+
+
+NIAH = [f"niah-{p}-c{c}" for c in (0, 3) for p in ("none", "sinusoidal", "learned", "rotary", "alibi")]
+
+
+@pytest.mark.parametrize("name", NIAH)
+def test_zoo_niah_models_reproduce_their_cards_and_recipes(name):
+    """Each shipped needle model: its card's recipe is the one configs/zoo_train_niah.yaml trains, and fresh samples
+    at the training length (another seed than the card's) reproduce the card within sampling error."""
+    import yaml
+
+    from conftest import ROOT
+    from lceval.config import ModelSpec
+    from lceval.tasks.niah import NeedleInAHaystack, NiahConfig
+
+    model, tok, card = load_checkpoint(zoo_path(f"zoo:{name}"), "flash")
+    data = yaml.safe_load((ROOT / "configs" / "zoo_train_niah.yaml").read_text())
+    assert card["recipe"] == ModelSpec(**data["models"][name.removeprefix("niah-")]).train.model_dump(mode="json")
+    task = NeedleInAHaystack(NiahConfig(lengths=[128], depths=[0.0, 0.5, 1.0], samples=40), seed=4242)
+    samples = task.samples(tok)
+    fresh = sum(r.score for r in score_batch(model, task, samples, tok)) / len(samples)
+    assert_reproduces(fresh, len(samples), card["measured"])
 
 
 def test_the_zoo_report_is_the_shipped_models():
@@ -115,6 +147,6 @@ def test_the_zoo_report_is_the_shipped_models():
     from lceval.models.adapters import content_hash
 
     models = json.loads((ROOT / "reports" / "zoo" / "models.json").read_text())
-    assert sorted(models) == sorted(MQAR + INDUCTION)
+    assert sorted(models) == sorted(MQAR + INDUCTION + NIAH)
     for key, m in models.items():
         assert content_hash(zoo_path(f"zoo:{key}")) == m["sha256"], key
