@@ -231,6 +231,15 @@ def agreement_table(df: pd.DataFrame) -> pd.DataFrame:
                                        "max_logprob_diff"])
 
 
+def log_bins(distance: pd.Series, bins: int) -> pd.Series:
+    """Each distance's bin among ``bins`` log-spaced integer intervals [lo, hi) covering them all."""
+    lo, hi = max(1.0, distance.min()), distance.max() + 1
+    edges = np.unique(np.geomspace(lo, hi, bins + 1).round().astype(int))
+    if len(edges) < 2:
+        edges = np.array([int(lo), int(hi) + 1])
+    return pd.cut(distance, edges, right=False, include_lowest=True)
+
+
 def distance_table(df: pd.DataFrame, bins: int, manifest: dict | None = None) -> pd.DataFrame:
     """Score by query-to-needle distance (log-spaced bins) for tasks that declare a distance."""
     parts = []
@@ -242,11 +251,7 @@ def distance_table(df: pd.DataFrame, bins: int, manifest: dict | None = None) ->
         sub = sub[sub["ran"] & sub[key].notna()].assign(distance=lambda d, k=key: d[k].astype(float))
         if sub.empty:
             continue
-        lo, hi = max(1.0, sub["distance"].min()), sub["distance"].max() + 1
-        edges = np.unique(np.geomspace(lo, hi, bins + 1).round().astype(int))
-        if len(edges) < 2:
-            edges = np.array([int(lo), int(hi) + 1])
-        sub = sub.assign(bin=pd.cut(sub["distance"], edges, right=False, include_lowest=True))
+        sub = sub.assign(bin=log_bins(sub["distance"], bins))
         for (pairing, b), g in sub.groupby(["pairing", "bin"], observed=True):
             lo_ci, hi_ci = interval(g["value"])
             parts.append({"task": task, "pairing": pairing, "distance_lo": int(b.left), "distance_hi": int(b.right),

@@ -70,10 +70,16 @@ class TextTokenizer:
     def _mid_text(self, text: str) -> list[int]:
         """Ids of ``text`` as it follows other text: the tail of ``ANCHOR + text`` after the anchor's own ids
         (``text`` alone if the anchor merges with it)."""
+        both = self._encode(_ANCHOR + text)
+        skip = self._anchor_tokens(both)
+        return both[skip:] if skip is not None else self._encode(text)
+
+    def _anchor_tokens(self, ids: list[int]) -> int | None:
+        """How many leading ``ids`` (of ``ANCHOR + text``) are the anchor's own; None where the anchor merged with
+        the text after it (then the text is encoded alone)."""
         if self._anchor is None:
             self._anchor = self._encode(_ANCHOR)
-        both = self._encode(_ANCHOR + text)
-        return both[len(self._anchor):] if both[: len(self._anchor)] == self._anchor else self._encode(text)
+        return len(self._anchor) if ids[: len(self._anchor)] == self._anchor else None
 
     def words(self, words: list[str]) -> tuple[list[int], list[tuple[int, int]]]:
         """Ids of the words joined by spaces, as running text, and each word's token span [start, end).
@@ -85,13 +91,13 @@ class TextTokenizer:
         text = " ".join(words)
         if text in self._words:
             return self._words[text]
-        ids, offsets = self._offsets(_ANCHOR + " " + text)
-        anchor = self._anchor if self._anchor is not None else self._encode(_ANCHOR)
-        skip = len(anchor) if ids[: len(anchor)] == anchor else 0
-        base = len(_ANCHOR) + 1 if skip else 0
-        if not skip:  # the anchor merged with the text: encode the text alone
+        ids, offsets = self._offsets(_ANCHOR + " " + text)  # as running text, like _mid_text
+        skip = self._anchor_tokens(ids)
+        if skip is None:
             ids, offsets = self._offsets(text)
-        ids, offsets = ids[skip:], [(a - base, b - base) for a, b in offsets[skip:]]
+        else:
+            base = len(_ANCHOR) + 1
+            ids, offsets = ids[skip:], [(a - base, b - base) for a, b in offsets[skip:]]
         bounds, pos = [], 0
         for w in words:
             start = text.index(w, pos)

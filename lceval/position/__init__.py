@@ -117,16 +117,8 @@ class Rotary(PositionEncoding):
         def rot(x):  # (B, H, T, dh)
             x = x.contiguous()  # q and k arrive as strided views of the projections: elementwise work is 4x slower
             x1, x2 = x[..., :half], x[..., half : 2 * half]
-            if torch.is_grad_enabled() and x.requires_grad:  # training: out= has no autograd
-                out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-                return torch.cat([out, x[..., 2 * half :]], dim=-1) if dh % 2 else out
-            out = torch.empty_like(x)  # evaluation: the same operations, written in place into one output
-            lo, hi = out[..., :half], out[..., half : 2 * half]
-            torch.mul(x1, cos, out=lo).sub_(x2 * sin)
-            torch.mul(x1, sin, out=hi).add_(x2 * cos)
-            if dh % 2:
-                out[..., 2 * half :] = x[..., 2 * half :]
-            return out
+            out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+            return torch.cat([out, x[..., 2 * half :]], dim=-1) if dh % 2 else out
 
         return rot(q), rot(k)
 

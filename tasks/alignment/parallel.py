@@ -61,6 +61,7 @@ class ParallelData(pydantic.BaseModel):
     target: SafePath = pydantic.Field(description="their translations, one per line")
     gold: SafePath = pydantic.Field(description="gold links per line, Pharaoh format (i-j sure, ipj possible)")
     _pairs: list[Pair] = pydantic.PrivateAttr(default_factory=list)
+    _sha256: str = pydantic.PrivateAttr("")
 
     @pydantic.model_validator(mode="after")
     def _load(self):
@@ -68,16 +69,17 @@ class ParallelData(pydantic.BaseModel):
             self._pairs = load_pairs(self.source, self.target, self.gold)
         except UserError as exc:  # a ValueError becomes a config error naming tasks.alignment.data
             raise ValueError(str(exc)) from None
+        h = hashlib.sha256()
+        for p in (self.source, self.target, self.gold):
+            h.update(Path(p).read_bytes())
+        self._sha256 = h.hexdigest()[:16]  # once, when the files are loaded (not on every model_dump)
         return self
 
     @pydantic.computed_field
     @property
     def sha256(self) -> str:
         """The three files' contents (part of the run identity)."""
-        h = hashlib.sha256()
-        for p in (self.source, self.target, self.gold):
-            h.update(Path(p).read_bytes())
-        return h.hexdigest()[:16]
+        return self._sha256
 
     @property
     def pairs(self) -> list[Pair]:

@@ -41,8 +41,13 @@ def _counts(part: pd.DataFrame, head: str) -> np.ndarray:
     return part[[f"{PREFIX}{head}.{k}" for k in COUNT_KEYS]].to_numpy(float)
 
 
+def _pooled(counts: np.ndarray) -> dict[str, float]:
+    """AER, precision and recall of counts (rows, 4) summed over the rows: a ratio of sums."""
+    return metrics.aer(dict(zip(COUNT_KEYS, counts.sum(0).astype(int).tolist(), strict=True)))
+
+
 def _aer(counts: np.ndarray) -> float:
-    return metrics.aer(dict(zip(COUNT_KEYS, counts.sum(0).astype(int).tolist(), strict=True)))["aer"]
+    return _pooled(counts)["aer"]
 
 
 def aer_interval(counts: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -51,10 +56,7 @@ def aer_interval(counts: np.ndarray, seed: int = 0) -> tuple[float, float]:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(counts), size=(BOOTSTRAP, len(counts)))
-    sums = counts[picks].sum(1)  # (BOOTSTRAP, 4)
-    a, s, a_s, a_p = sums.T
-    denom = a + s
-    vals = np.where(denom > 0, 1 - (a_s + a_p) / np.where(denom > 0, denom, 1), np.nan)
+    vals = np.array([_aer(sample) for sample in counts[picks]])  # counts[picks]: (BOOTSTRAP, rows, 4)
     vals = vals[~np.isnan(vals)]
     return (float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))) if len(vals) else (math.nan, math.nan)
 
@@ -65,10 +67,15 @@ def rows_of(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"].eq("ok") & df[f"{PREFIX}mean.a"].notna()]
 
 
+def split(rows: pd.DataFrame, calibration: bool) -> pd.DataFrame:
+    """The calibration split (even sample numbers: the best head is chosen there) or the evaluation split (odd)."""
+    return rows[rows["meta.sample"].astype(int) % 2 == (0 if calibration else 1)]
+
+
 def best_heads(rows: pd.DataFrame) -> dict[tuple[str, str], str]:
     """The head with the lowest pooled AER on the calibration split, per pairing and layout."""
     heads = _heads(rows)
-    calibration = rows[rows["meta.sample"].astype(int) % 2 == 0]
+    calibration = split(rows, calibration=True)
     return {key: min(heads, key=lambda h, g=g: _aer(_counts(g, h)))
             for key, g in calibration.groupby(["pairing", "meta.layout"])}
 
@@ -79,13 +86,12 @@ def alignment_table(df: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame()
     best = best_heads(rows)
-    evaluation = rows[rows["meta.sample"].astype(int) % 2 == 1]
+    evaluation = split(rows, calibration=False)
     out = []
     for (pairing, layout, length, depth), g in evaluation.groupby(
             ["pairing", "meta.layout", "context_length", "meta.depth"], sort=True):
         head = best.get((pairing, layout))
-        top = metrics.aer(dict(zip(COUNT_KEYS, _counts(g, head).sum(0).astype(int).tolist(), strict=True))) \
-            if head else {}
+        top = _pooled(_counts(g, head)) if head else {}
         lo, hi = aer_interval(_counts(g, head)) if head else (math.nan, math.nan)
         out.append({"pairing": pairing, "layout": layout, "context_length": int(length), "depth": float(depth),
                     "n": len(g), "translation_accuracy": g["score"].mean(), "aer_mean_heads": _aer(_counts(g, "mean")),
@@ -99,7 +105,7 @@ def head_table(df: pd.DataFrame) -> pd.DataFrame:
     rows = rows_of(df)
     if rows.empty:
         return pd.DataFrame()
-    evaluation = rows[rows["meta.sample"].astype(int) % 2 == 1]
+    evaluation = split(rows, calibration=False)
     out = []
     for (pairing, layout), g in evaluation.groupby(["pairing", "meta.layout"], sort=True):
         for head in [*_heads(rows), "mean"]:
@@ -111,18 +117,14 @@ def head_table(df: pd.DataFrame) -> pd.DataFrame:
 def distance_aer(df: pd.DataFrame, bins: int = 6) -> pd.DataFrame:
     """Translation accuracy and best-head AER by distance from the translation back to its source (log bins),
     evaluation split."""
-    from lceval.report import interval
+    from lceval.report import interval, log_bins
 
     rows = rows_of(df)
     if rows.empty or "meta.distance" not in rows:
         return pd.DataFrame()
     best = best_heads(rows)
-    evaluation = rows[rows["meta.sample"].astype(int) % 2 == 1]
-    d = evaluation["meta.distance"].astype(float)
-    edges = np.unique(np.geomspace(max(1.0, d.min()), d.max() + 1, bins + 1).round().astype(int))
-    if len(edges) < 2:
-        edges = np.array([int(d.min()), int(d.max()) + 1])
-    evaluation = evaluation.assign(bin=pd.cut(d, edges, right=False, include_lowest=True))
+    evaluation = split(rows, calibration=False)
+    evaluation = evaluation.assign(bin=log_bins(evaluation["meta.distance"].astype(float), bins))
     out = []
     for (pairing, layout, b), g in evaluation.groupby(["pairing", "meta.layout", "bin"], observed=True, sort=True):
         head = best.get((pairing, layout))
@@ -220,8 +222,8 @@ def picture_rows(df: pd.DataFrame, model: str, layout: str) -> tuple[pd.DataFram
     """The rows the attention picture shows: one evaluation sample (the first odd one at the smallest depth),
     at the shortest and the longest length, for every pairing of ``model``."""
     rows = rows_of(df)
-    mine = rows[(rows["model"] == model) & (rows["meta.layout"] == layout)
-                & (rows["meta.sample"].astype(int) % 2 == 1)]
+    evaluation = split(rows, calibration=False)
+    mine = evaluation[(evaluation["model"] == model) & (evaluation["meta.layout"] == layout)]
     if mine.empty:
         return mine, []
     depth = mine["meta.depth"].min()

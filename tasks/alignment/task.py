@@ -32,7 +32,7 @@ import pydantic
 
 from lceval import metrics
 from lceval.task import Length, Sample, Samples, Task, TaskConfig, TrainingExample
-from lceval.tasks.alignment.document import SRC, TGT, build_document, vocabulary
+from lceval.tasks.alignment.document import PAD, SRC, TGT, build_document, vocabulary
 from lceval.tasks.alignment.parallel import ParallelData
 
 
@@ -68,7 +68,7 @@ class Alignment(Task):
         if self.pairs is None:
             return vocabulary()
         words = {w for p in self.pairs for w in (*p.source, *p.target)}
-        return sorted(words | {SRC, TGT, ".", "~"})
+        return sorted(words | {SRC, TGT, PAD, "."})  # "." is the fallback padding word
 
     def cells(self) -> list[dict[str, Any]]:
         return [{"context_length": n, "depth": d, "layout": lay} for lay in self.config.layouts
