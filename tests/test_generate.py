@@ -109,22 +109,30 @@ def test_generation_stops_per_sample():
     assert got[0].stopped and got[0].tokens == free[0].tokens[: free[0].tokens.index(stop)]
 
 
+@pytest.mark.parametrize("position", ["rotary", "learned", "alibi"])
 @pytest.mark.parametrize("conv", [0, 3])
-def test_long_evaluation_runs_the_mlp_in_row_blocks_and_gives_the_same_hidden_states(monkeypatch, conv):
-    """Without gradients a sequence longer than MLP_ROWS runs each block's MLP row block by row block; the hidden
-    states are those of the one-shot forward that training runs."""
+def test_long_evaluation_runs_in_row_blocks_and_gives_the_same_hidden_states(monkeypatch, position, conv):
+    """Without gradients, sequences longer than EVAL_ROWS / batch run everything but the attention call row block
+    by row block (norms, convolution, projections, rotary, MLP); the hidden states are those of the one-shot
+    forward that training runs, and a KV-cache prefill split across calls continues them exactly."""
     import lceval.models.reference as reference
 
-    model = tiny("rotary", "flash", conv)
+    model = tiny(position, "flash", conv)
     ids = torch.randint(0, V, (2, 101), generator=torch.Generator().manual_seed(3))
-    monkeypatch.setattr(reference, "MLP_ROWS", 16)
+    monkeypatch.setattr(reference, "EVAL_ROWS", 32)  # 2 sequences: 16 positions per block
     calls = []
-    hook = model.blocks[0].mlp.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[1]))
+    hooks = [model.blocks[0].mlp.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[1])),
+             model.blocks[1].attn.q.register_forward_hook(lambda mod, inp, out: calls.append(-inp[0].shape[1]))]
     with torch.no_grad():
         blocked = model.hidden(ids)
-    assert calls == [16] * 6 + [5]  # 101 rows in blocks of 16
+    assert calls == [16] * 6 + [5] + [-16] * 6 + [-5]  # 101 positions in blocks of 16
     calls.clear()
-    whole = model.hidden(ids)  # gradients on: the training path, one MLP call
-    assert calls == [101]
-    hook.remove()
+    whole = model.hidden(ids)  # gradients on: the training path, one call each
+    assert calls == [101, -101]
+    for h in hooks:
+        h.remove()
     torch.testing.assert_close(blocked, whole.detach(), rtol=1e-6, atol=1e-6)
+    with torch.no_grad():  # a prefill of 70 positions (blocked) continued by 31 more: the convolution's tail and
+        cache = model.new_cache()  # the rotary offset carry across calls and blocks
+        first, rest = model.hidden(ids[:, :70], cache), model.hidden(ids[:, 70:], cache)
+    torch.testing.assert_close(torch.cat([first, rest], 1), whole.detach(), rtol=1e-5, atol=1e-5)

@@ -100,14 +100,21 @@ class Rotary(PositionEncoding):
     name = "rotary"
 
     def angles(self, offset: int, T: int, dh: int, device, dtype) -> tuple[Tensor, Tensor]:
-        """cos and sin (T, dh // 2) of positions offset..offset+T-1; the last ones are kept for the next layer."""
-        key = (offset, T, dh, device, dtype)
-        if getattr(self, "_angles", (None,))[0] != key:
+        """cos and sin (T, dh // 2) of positions offset..offset+T-1.
+
+        Sliced from one table of positions 0..n-1, kept between calls and doubled when a call reaches past it:
+        row blocks of a long sequence and decoding steps reuse it, and a position gets the same cos and sin
+        whichever call asks for it (a KV-cache step and a full forward rotate alike).
+        """
+        key = (dh, device, dtype)
+        table = getattr(self, "_angles", None)
+        if table is None or table[0] != key or table[1].shape[0] < offset + T:
+            n = max(offset + T, 2 * table[1].shape[0] if table is not None and table[0] == key else 0)
             half = dh // 2
             inv = 1.0 / (10000.0 ** (torch.arange(half, device=device, dtype=torch.float32) / half))
-            ang = torch.arange(offset, offset + T, device=device, dtype=torch.float32)[:, None] * inv  # (T, half)
-            self._angles = (key, ang.cos().to(dtype), ang.sin().to(dtype))
-        return self._angles[1], self._angles[2]
+            ang = torch.arange(n, device=device, dtype=torch.float32)[:, None] * inv  # (n, half)
+            self._angles = table = (key, ang.cos().to(dtype), ang.sin().to(dtype))
+        return table[1][offset:offset + T], table[2][offset:offset + T]
 
     def rotate(self, q, k, offset=0):
         T, dh = q.shape[2], q.shape[3]
