@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from lceval import registry  # noqa: E402
+from lceval.cores import core_count  # noqa: E402
 from lceval.errors import UserError  # noqa: E402
 from lceval.store import RESULTS, read_manifest, read_rows  # noqa: E402
 
@@ -327,6 +328,8 @@ def plot_text(text: str) -> str:
     return "".join(c if c.isascii() or _FONT.get_char_index(ord(c)) else f"\\u{ord(c):04x}" for c in str(text))
 
 
+LEGEND_ROWS = 40  # legend entries per column of a curve plot
+BAND_PAIRINGS = 8  # curve plots with more pairings leave out the 95% bands (dozens of overlaid bands hide the lines)
 STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"), ("X", ":"), ("*", "-.")]
 
 
@@ -373,9 +376,14 @@ def _identical_note(curves: dict[str, tuple]) -> dict[str, str]:
 
 
 def curve_plot(t: pd.DataFrame, x: str, title: str, xlabel: str, path: Path, log: bool) -> None:
-    """Score curves per pairing with 95% bands; distinct markers and line styles; legend outside."""
-    fig, ax = plt.subplots(figsize=(8.5, 4.2))
+    """Score curves per pairing, with 95% bands for up to BAND_PAIRINGS pairings; distinct markers and line
+    styles; the legend outside the axes, in columns of up to LEGEND_ROWS entries, every entry in the image."""
     groups = list(t.groupby("pairing", sort=False))
+    ncol = -(-len(groups) // LEGEND_ROWS)
+    height = max(4.2, 0.21 * -(-len(groups) // ncol) + 1.2)
+    fig = plt.figure(figsize=(8.5, height))
+    ax = fig.add_axes((0.8 / 8.5, 0.65 / height, 5.4 / 8.5, (height - 1.1) / height))  # fixed axes; the saved
+    bands = len(groups) <= BAND_PAIRINGS  # image grows to hold the legend (bbox_inches below)
     same = _identical_note({p: tuple(np.round(s["score"].to_numpy(float), 6)) for p, s in groups})
     for i, (pairing, sub) in enumerate(groups):
         marker, ls = STYLES[i % len(STYLES)]
@@ -383,7 +391,8 @@ def curve_plot(t: pd.DataFrame, x: str, title: str, xlabel: str, path: Path, log
         label = plot_text(pairing + (f" (identical to {same[pairing]})" if pairing in same else ""))
         ax.plot(xs, sub["score"], marker=marker, linestyle=ls, label=label, alpha=0.9,
                 markersize=7 if pairing not in same else 4)
-        ax.fill_between(xs, sub["ci_low"], sub["ci_high"], alpha=0.12)
+        if bands:
+            ax.fill_between(xs, sub["ci_low"], sub["ci_high"], alpha=0.12)
     if log:
         ax.set_xscale("log", base=2)
         ticks = sorted(set(t[x].astype(float).round()))
@@ -394,12 +403,11 @@ def curve_plot(t: pd.DataFrame, x: str, title: str, xlabel: str, path: Path, log
     ax.set_ylim(-0.02, 1.02)
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("score (95% interval)")
+    ax.set_ylabel("score (95% interval)" if bands else f"score (intervals in the CSVs: {len(groups)} pairings)")
     ax.set_title(plot_text(title))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, ncol=ncol)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
 
 
@@ -418,10 +426,40 @@ def task_reports(df: pd.DataFrame, out: Path) -> tuple[list, list]:
     return sections, images
 
 
-def build_report(run_dir: Path, threshold: float | None = None) -> Path:
+PARALLEL_FIGURES = 16  # fewer figures are drawn in this process (starting a drawing process takes about 2 s)
+
+
+def rep_threads(manifest: dict) -> int | str:
+    """The run's ``run.threads`` setting, as the manifest recorded it."""
+    return manifest.get("config", {}).get("run", {}).get("threads", "auto")
+
+
+def _draw_one(job: tuple) -> None:
+    fn, args = job
+    fn(*args)
+
+
+def draw(figures: list[tuple], workers: int) -> None:
+    """Draw (function, arguments) figures: in this process, or split over ``workers`` fresh processes (matplotlib
+    spends most of a report's time laying out text; each figure is independent and written to its own file)."""
+    workers = min(workers, len(figures))
+    if workers <= 1 or len(figures) < PARALLEL_FIGURES:
+        for job in figures:
+            _draw_one(job)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that has run torch's thread pool
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        list(pool.map(_draw_one, figures, chunksize=max(1, len(figures) // (4 * workers))))
+
+
+def build_report(run_dir: Path, threshold: float | None = None, workers: int | None = None) -> Path:
     """Write ``report/`` inside the run directory; returns the summary path.
 
-    ``threshold`` (percent) overrides the run's ``report.threshold`` for this report.
+    ``threshold`` (percent) overrides the run's ``report.threshold`` for this report. Figures are drawn by
+    ``workers`` processes (default: the run's ``run.threads`` rule) when there are at least ``PARALLEL_FIGURES``.
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)  # a damaged manifest only loses the report's labels, never the rows
@@ -447,6 +485,7 @@ def build_report(run_dir: Path, threshold: float | None = None) -> Path:
     extra_sections, extra_images = task_reports(df, out)
 
     images: list[tuple[str, Path]] = []
+    figures: list[tuple] = []  # (draw function, its arguments), drawn together below
     for task in df["task"].unique():
         groups = task_groups(manifest, task, df[df["task"] == task])
         tc = cells[cells["task"] == task]
@@ -461,21 +500,23 @@ def build_report(run_dir: Path, threshold: float | None = None) -> Path:
                         sub = sub[sub[key] == value]
                     label = pairing + "".join(f", {k.removeprefix('meta.')}={v}" for k, v in zip(others, combo, strict=True))
                     path = out / f"heatmap_{file_stem(task, pairing, *map(str, combo))}.png"
-                    heatmap(sub, pairing, task, groups[0], path, label)
+                    figures.append((heatmap, (sub, pairing, task, groups[0], path, label)))
                     images.append((f"{task}: {label}", path))
         lt = lengths[lengths["task"] == task]
         if lt["context_length"].nunique() > 1:
             path = out / f"length_{file_stem(task)}.png"
-            curve_plot(lt, "context_length", f"{task}: score by context length", "context length (tokens)", path, True)
+            figures.append((curve_plot, (lt, "context_length", f"{task}: score by context length",
+                                         "context length (tokens)", path, True)))
             images.append((f"{task}: score by context length", path))
         dt = dist[dist["task"] == task]
         if not dt.empty:
             dt = dt.assign(mid=np.sqrt(dt["distance_lo"].astype(float) * dt["distance_hi"].astype(float)))
             path = out / f"distance_{file_stem(task)}.png"
-            curve_plot(dt, "mid", f"{task}: score by distance", "distance from the question to the needle (tokens)",
-                       path, True)
+            figures.append((curve_plot, (dt, "mid", f"{task}: score by distance",
+                                         "distance from the question to the needle (tokens)", path, True)))
             images.append((f"{task}: score by distance", path))
 
+    draw(figures, core_count(rep_threads(manifest)) if workers is None else workers)
     images += extra_images
     name = manifest.get("config", {}).get("run", {}).get("name", run_dir.name)
     rules = (f"Scores are percent (mean per-sample score; RULER's string_match_all / string_match_part or exact "

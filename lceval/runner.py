@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from lceval import registry
 from lceval.attention import Attention
 from lceval.config import Pairing, Resolved
+from lceval.cores import core_count
 from lceval.dataset import cached_samples
 from lceval.errors import ConfigError, UserError
 from lceval.models.adapters import ModelAdapter
@@ -79,15 +80,8 @@ def run_id(ident: dict) -> str:
 
 
 def use_threads(setting: int | str = "auto") -> int:
-    """Set torch's intra-op threads: a number, or auto = $OMP_NUM_THREADS if set, else the cores this
-    process may run on (its CPU affinity, so `taskset` and container limits are honoured). Returns it."""
-    import os
-
-    if setting == "auto":
-        env = os.environ.get("OMP_NUM_THREADS", "")
-        n = int(env) if env.isdigit() and int(env) > 0 else len(os.sched_getaffinity(0))
-    else:
-        n = int(setting)
+    """Set torch's intra-op threads to ``core_count(setting)`` and return it."""
+    n = core_count(setting)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

@@ -127,3 +127,58 @@ def test_a_length_no_pairing_could_run_keeps_its_column(tmp_path):
     md = build_report(tmp_path).read_text()
     assert "| pairing | 64 | 128 | mean |" in md  # the length that could not run is shown, not dropped
     assert "| learned/flash | 100.0 | - | - |" in md  # its cell is empty and the mean is not over half a grid
+
+
+def test_figures_drawn_in_worker_processes_are_the_bytes_drawn_here(tmp_path, monkeypatch):
+    import concurrent.futures
+    import json
+    import shutil
+
+    import lceval.report
+    from lceval.report import build_report
+
+    spec = [(L, d, float((L + int(10 * d)) % 3 == 0), "ok") for L in (64, 128) for d in (0.0, 0.5, 1.0)] * 2
+    rows_ = [r for p in ("a/flash", "b/flash", "c/full", "d/linear", "e/sparse") for r in rows(spec, pairing=p)]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_))
+    (tmp_path / "manifest.json").write_text(json.dumps(MANIFEST))
+    build_report(tmp_path, workers=1)
+    here = tmp_path / "here"
+    shutil.move(tmp_path / "report", here)
+    pools = []
+
+    class Spy(concurrent.futures.ProcessPoolExecutor):
+        def __init__(self, *a, **kw):
+            pools.append(kw["max_workers"])
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Spy)
+    monkeypatch.setattr(lceval.report, "PARALLEL_FIGURES", 0)  # 7 figures: 5 heatmaps, length and distance curves
+    build_report(tmp_path, workers=2)
+    assert pools == [2]
+    drawn = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
+    assert len(drawn) == 7 and drawn == sorted(p.name for p in here.glob("*.png"))
+    for name in [*drawn, "summary.md", "report.html", "cells.csv"]:
+        assert (tmp_path / "report" / name).read_bytes() == (here / name).read_bytes(), name
+
+
+def test_a_curve_plot_of_many_pairings_shows_every_legend_entry(tmp_path, monkeypatch, recwarn):
+    import matplotlib.collections
+    import matplotlib.pyplot as plt
+
+    from lceval.report import BAND_PAIRINGS, LEGEND_ROWS, curve_plot
+
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    for n in (3, 70):
+        t = pd.DataFrame([{"pairing": f"model-{i:02d}-a-long-name/sliding_window(w=16)", "context_length": L,
+                           "score": (i % 7) / 7, "ci_low": 0.0, "ci_high": 1.0} for i in range(n) for L in (64, 128)])
+        curve_plot(t, "context_length", "t", "tokens", tmp_path / f"c{n}.png", log=True)
+    few, many = (f.axes[0] for f in figs)
+    assert len(many.get_legend().get_texts()) == 70 and many.get_legend()._ncols == -(-70 // LEGEND_ROWS) == 2
+    assert figs[1].get_size_inches()[1] > figs[0].get_size_inches()[1]  # taller, to hold 35 entries a column
+    bands = [sum(isinstance(c, matplotlib.collections.PolyCollection) for c in ax.collections) for ax in (few, many)]
+    assert bands == [3, 0] and 3 <= BAND_PAIRINGS < 70  # 70 overlaid bands would hide the lines
+    assert not [w for w in recwarn if "layout" in str(w.message)]  # the legend is never squeezed out
+    monkeypatch.undo()
+    for f in figs:
+        plt.close(f)
