@@ -78,7 +78,8 @@ def run(config, out, overrides, dry_run, limit, retry_failed, no_progress):
         click.echo(f"run directory: {out}")
         return
     try:
-        summary = runner.run(out, after=build_report)  # the report is built under the run's lock
+        # the report is built under the run's lock, its figures drawn by as many processes as run.threads allows
+        summary = runner.run(out, after=lambda d: build_report(d, workers="auto"))
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: rows written so far are kept in {out}; run the same command again to resume",
                    err=True)
@@ -109,7 +110,7 @@ def report(run_dir, threshold):
 
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory; pass the --out directory of an lceval run")
-    path = build_report(run_dir, threshold=threshold)
+    path = build_report(run_dir, threshold=threshold, workers="auto")
     click.echo(f"report: {path}")
 
 

@@ -455,11 +455,13 @@ def draw(figures: list[tuple], workers: int) -> None:
         list(pool.map(_draw_one, figures, chunksize=max(1, len(figures) // (4 * workers))))
 
 
-def build_report(run_dir: Path, threshold: float | None = None, workers: int | None = None) -> Path:
+def build_report(run_dir: Path, threshold: float | None = None, workers: int | str = 1) -> Path:
     """Write ``report/`` inside the run directory; returns the summary path.
 
-    ``threshold`` (percent) overrides the run's ``report.threshold`` for this report. Figures are drawn by
-    ``workers`` processes (default: the run's ``run.threads`` rule) when there are at least ``PARALLEL_FIGURES``.
+    ``threshold`` (percent) overrides the run's ``report.threshold`` for this report. With ``workers`` > 1 (or
+    "auto": the run's ``run.threads`` rule, as the CLI passes) and at least ``PARALLEL_FIGURES`` figures, the
+    figures are drawn in that many fresh processes. Those import the caller's main module, so a script that calls
+    this with workers needs the ``if __name__ == "__main__":`` guard; the default draws here.
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)  # a damaged manifest only loses the report's labels, never the rows
@@ -516,7 +518,7 @@ def build_report(run_dir: Path, threshold: float | None = None, workers: int | N
                                          "distance from the question to the needle (tokens)", path, True)))
             images.append((f"{task}: score by distance", path))
 
-    draw(figures, core_count(rep_threads(manifest)) if workers is None else workers)
+    draw(figures, core_count(rep_threads(manifest)) if workers == "auto" else int(workers))
     images += extra_images
     name = manifest.get("config", {}).get("run", {}).get("name", run_dir.name)
     rules = (f"Scores are percent (mean per-sample score; RULER's string_match_all / string_match_part or exact "

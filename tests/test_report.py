@@ -159,6 +159,15 @@ def test_figures_drawn_in_worker_processes_are_the_bytes_drawn_here(tmp_path, mo
     assert len(drawn) == 7 and drawn == sorted(p.name for p in here.glob("*.png"))
     for name in [*drawn, "summary.md", "report.html", "cells.csv"]:
         assert (tmp_path / "report" / name).read_bytes() == (here / name).read_bytes(), name
+    from click.testing import CliRunner
+
+    from lceval.cli import main
+
+    (tmp_path / "manifest.json").write_text(json.dumps({**MANIFEST, "config": {"run": {"threads": 3}}}))
+    assert CliRunner().invoke(main, ["report", str(tmp_path)]).exit_code == 0
+    assert pools == [2, 3]  # the command line follows the run's run.threads
+    build_report(tmp_path)  # from Python, by default: drawn in this process
+    assert pools == [2, 3]
 
 
 def test_a_curve_plot_of_many_pairings_shows_every_legend_entry(tmp_path, monkeypatch, recwarn):
