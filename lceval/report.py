@@ -382,8 +382,9 @@ def curve_plot(t: pd.DataFrame, x: str, title: str, xlabel: str, path: Path, log
     ncol = -(-len(groups) // LEGEND_ROWS)
     height = max(4.2, 0.21 * -(-len(groups) // ncol) + 1.2)
     fig = plt.figure(figsize=(8.5, height))
-    ax = fig.add_axes((0.8 / 8.5, 0.65 / height, 5.4 / 8.5, (height - 1.1) / height))  # fixed axes; the saved
-    bands = len(groups) <= BAND_PAIRINGS  # image grows to hold the legend (bbox_inches below)
+    # fixed axes; the saved image grows to hold the legend (bbox_inches below), however long its labels
+    ax = fig.add_axes((0.8 / 8.5, 0.65 / height, 5.4 / 8.5, (height - 1.1) / height))
+    bands = len(groups) <= BAND_PAIRINGS
     same = _identical_note({p: tuple(np.round(s["score"].to_numpy(float), 6)) for p, s in groups})
     for i, (pairing, sub) in enumerate(groups):
         marker, ls = STYLES[i % len(STYLES)]
@@ -429,7 +430,7 @@ def task_reports(df: pd.DataFrame, out: Path) -> tuple[list, list]:
 PARALLEL_FIGURES = 16  # fewer figures are drawn in this process (starting a drawing process takes about 2 s)
 
 
-def rep_threads(manifest: dict) -> int | str:
+def _run_threads(manifest: dict) -> int | str:
     """The run's ``run.threads`` setting, as the manifest recorded it."""
     return manifest.get("config", {}).get("run", {}).get("threads", "auto")
 
@@ -447,12 +448,16 @@ def draw(figures: list[tuple], workers: int) -> None:
         for job in figures:
             _draw_one(job)
         return
+    import concurrent.futures
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     ctx = multiprocessing.get_context("spawn")  # never fork a process that has run torch's thread pool
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        list(pool.map(_draw_one, figures, chunksize=max(1, len(figures) // (4 * workers))))
+    try:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            list(pool.map(_draw_one, figures, chunksize=max(1, len(figures) // (4 * workers))))
+    except (OSError, concurrent.futures.process.BrokenProcessPool):  # no processes here (a sandbox, no /dev/shm)
+        for job in figures:
+            _draw_one(job)
 
 
 def build_report(run_dir: Path, threshold: float | None = None, workers: int | str = 1) -> Path:
@@ -518,7 +523,7 @@ def build_report(run_dir: Path, threshold: float | None = None, workers: int | s
                                          "distance from the question to the needle (tokens)", path, True)))
             images.append((f"{task}: score by distance", path))
 
-    draw(figures, core_count(rep_threads(manifest)) if workers == "auto" else int(workers))
+    draw(figures, core_count(_run_threads(manifest)) if workers == "auto" else int(workers))
     images += extra_images
     name = manifest.get("config", {}).get("run", {}).get("name", run_dir.name)
     rules = (f"Scores are percent (mean per-sample score; RULER's string_match_all / string_match_part or exact "

@@ -169,6 +169,15 @@ def test_figures_drawn_in_worker_processes_are_the_bytes_drawn_here(tmp_path, mo
     build_report(tmp_path)  # from Python, by default: drawn in this process
     assert pools == [2, 3]
 
+    class NoProcesses:
+        def __init__(self, *a, **kw):
+            raise OSError("no /dev/shm here")
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", NoProcesses)
+    shutil.rmtree(tmp_path / "report")
+    build_report(tmp_path, workers=2)  # where processes cannot start, the figures are drawn here
+    assert all((tmp_path / "report" / name).read_bytes() == (here / name).read_bytes() for name in drawn)
+
 
 def test_a_curve_plot_of_many_pairings_shows_every_legend_entry(tmp_path, monkeypatch, recwarn):
     import matplotlib.collections
