@@ -430,11 +430,6 @@ def task_reports(df: pd.DataFrame, out: Path) -> tuple[list, list]:
 PARALLEL_FIGURES = 16  # fewer figures are drawn in this process (starting a drawing process takes about 2 s)
 
 
-def _run_threads(manifest: dict) -> int | str:
-    """The run's ``run.threads`` setting, as the manifest recorded it."""
-    return manifest.get("config", {}).get("run", {}).get("threads", "auto")
-
-
 def _draw_one(job: tuple) -> None:
     fn, args = job
     fn(*args)
@@ -444,20 +439,19 @@ def draw(figures: list[tuple], workers: int) -> None:
     """Draw (function, arguments) figures: in this process, or split over ``workers`` fresh processes (matplotlib
     spends most of a report's time laying out text; each figure is independent and written to its own file)."""
     workers = min(workers, len(figures))
-    if workers <= 1 or len(figures) < PARALLEL_FIGURES:
-        for job in figures:
-            _draw_one(job)
-        return
-    import concurrent.futures
-    import multiprocessing
+    if workers > 1 and len(figures) >= PARALLEL_FIGURES:
+        import concurrent.futures
+        import multiprocessing
 
-    ctx = multiprocessing.get_context("spawn")  # never fork a process that has run torch's thread pool
-    try:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            list(pool.map(_draw_one, figures, chunksize=max(1, len(figures) // (4 * workers))))
-    except (OSError, concurrent.futures.process.BrokenProcessPool):  # no processes here (a sandbox, no /dev/shm)
-        for job in figures:
-            _draw_one(job)
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that has run torch's thread pool
+        try:
+            with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                list(pool.map(_draw_one, figures, chunksize=max(1, len(figures) // (4 * workers))))
+            return
+        except (OSError, concurrent.futures.process.BrokenProcessPool):  # no processes here (a sandbox, no /dev/shm)
+            pass  # drawn below, in this process
+    for job in figures:
+        _draw_one(job)
 
 
 def build_report(run_dir: Path, threshold: float | None = None, workers: int | str = 1) -> Path:
@@ -470,6 +464,7 @@ def build_report(run_dir: Path, threshold: float | None = None, workers: int | s
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)  # a damaged manifest only loses the report's labels, never the rows
+    run_cfg = manifest.get("config", {}).get("run", {})
     rep_cfg = manifest.get("config", {}).get("report", {})
     threshold = float(threshold if threshold is not None else rep_cfg.get("threshold", 85.6))
     bins = int(rep_cfg.get("distance_bins", 8))
@@ -523,9 +518,9 @@ def build_report(run_dir: Path, threshold: float | None = None, workers: int | s
                                          "distance from the question to the needle (tokens)", path, True)))
             images.append((f"{task}: score by distance", path))
 
-    draw(figures, core_count(_run_threads(manifest)) if workers == "auto" else int(workers))
+    draw(figures, core_count(run_cfg.get("threads", "auto")) if workers == "auto" else int(workers))
     images += extra_images
-    name = manifest.get("config", {}).get("run", {}).get("name", run_dir.name)
+    name = run_cfg.get("name", run_dir.name)
     rules = (f"Scores are percent (mean per-sample score; RULER's string_match_all / string_match_part or exact "
              f"match), with 95% intervals in the CSVs and heatmaps. Failed rows (nonfinite, oom, error) count as 0; "
              f"rows that could not run (unsupported_length, skipped_memory) leave a cell empty ('-'). "

@@ -108,8 +108,9 @@ class Rotary(PositionEncoding):
         """
         key = (dh, device, dtype)
         table = getattr(self, "_angles", None)
-        if table is None or table[0] != key or table[1].shape[0] < offset + T:
-            n = max(offset + T, 2 * table[1].shape[0] if table is not None and table[0] == key else 0)
+        have = table[1].shape[0] if table is not None and table[0] == key else 0
+        if have < offset + T:
+            n = max(offset + T, 2 * have)
             half = dh // 2
             inv = 1.0 / (10000.0 ** (torch.arange(half, device=device, dtype=torch.float32) / half))
             ang = torch.arange(n, device=device, dtype=torch.float32)[:, None] * inv  # (n, half)
