@@ -104,7 +104,7 @@ class ModelSpec(Strict):
     """A model.
 
     * ``type: reference``: lceval's transformer, from a ``checkpoint`` directory or a ``train`` recipe;
-    * ``type: hf``: a local Hugging Face causal LM directory (``path``; safetensors only), with ``dtype``,
+    * ``type: hf``: a local Hugging Face causal LM directory or GGUF file (``path``; safetensors only), with ``dtype``,
       ``chat_template``, ``trust_remote_code`` and a ``rope`` override;
     * every type: ``dtype`` and ``device`` (default: ``run.device``);
     * ``type: module``: ``factory: package.module:callable`` returning a model that follows
@@ -141,7 +141,7 @@ class ModelSpec(Strict):
             allowed = {"checkpoint", "train"}
         elif self.type == "hf":
             if self.path is None:
-                raise ValueError("an hf model needs 'path': a local directory saved with save_pretrained")
+                raise ValueError("an hf model needs 'path': a local directory saved with save_pretrained, or a .gguf file")
             allowed = {"path"}
         elif self.type == "module":
             if self.factory is None:

@@ -40,11 +40,20 @@ LEARNED = {"gpt2": "n_positions", "gpt_neo": "max_position_embeddings", "opt": "
 REFUSED = {"gpt_oss": "attention sinks", "gemma2": "attention logit soft-capping"}
 
 
+def model_dir(path: Path) -> Path:
+    """The Hugging Face directory behind ``path``: itself, or a GGUF file's cached conversion."""
+    from lceval.models.gguf import converted_dir, is_gguf
+
+    return converted_dir(Path(path)) if is_gguf(Path(path)) else Path(path)
+
+
 def read_config(path: Path) -> dict:
     import json
 
+    path = model_dir(path)
     if not Path(path).is_dir():
-        raise UserError(f"no model directory at {path}; `path` must be a local folder saved with save_pretrained")
+        raise UserError(f"no model directory at {path}; `path` must be a local folder saved with save_pretrained "
+                        "or a .gguf file")
     file = Path(path) / "config.json"
     if not file.is_file():
         raise UserError(f"{path} holds no config.json; point `path` at a saved Hugging Face model directory "
@@ -68,7 +77,7 @@ def inspect_dir(path: Path) -> dict:
     """A model directory's config.json, once it is known to be supported and loadable (else a one-line error)."""
     raw = read_config(path)
     check_supported(raw)
-    check_weights(Path(path))
+    check_weights(model_dir(path))
     return raw
 
 
@@ -192,9 +201,13 @@ class HFAdapter(ModelAdapter):
             return
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+        from lceval.models.gguf import file_sha256, is_gguf
+
         spec = self.spec
-        path = Path(spec.path)
-        raw = inspect_dir(path)
+        self.source = Path(spec.path)
+        gguf = is_gguf(self.source)
+        raw = inspect_dir(self.source)
+        path = model_dir(self.source)
         register()
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=spec.trust_remote_code)
         rope_overrides(config, spec.rope)
@@ -211,7 +224,8 @@ class HFAdapter(ModelAdapter):
         table = LEARNED.get(raw.get("model_type", ""))
         self.max_length = getattr(cfg, table) if table else None  # OPT's offset of 2 is transformers' business
         self.path = path
-        self.content_hash = weights_hash(path)
+        # a GGUF model is its file: the run identity is the file's hash, not the conversion's
+        self.content_hash = file_sha256(self.source)[:16] if gguf else weights_hash(path)
 
     def with_attention(self, attention: Attention) -> nn.Module:
         self.lm.config.lceval_attention = attention
@@ -219,7 +233,8 @@ class HFAdapter(ModelAdapter):
 
     def describe(self) -> dict:
         cfg = self.lm.config
-        return {"type": self.name, "path": str(self.path), "model_type": cfg.model_type, "position": self.position,
+        source = {"gguf": str(self.source)} if self.source != self.path else {}
+        return {"type": self.name, "path": str(self.path), **source, "model_type": cfg.model_type, "position": self.position,
                 "rope": getattr(cfg, "rope_parameters", None) if self.position == "rotary" else None,
                 "dtype": str(next(self.lm.parameters()).dtype).removeprefix("torch."),
                 "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
