@@ -59,6 +59,28 @@ def repeat_kv(x: Tensor, n_heads: int) -> Tensor:
     return x if rep == 1 else x.repeat_interleave(rep, dim=1)
 
 
+def grouped_scores(q: Tensor, k: Tensor) -> Tensor:
+    """q (B, H, T, D) times k (B, H_kv, S, D) transposed -> (B, H, T, S), without copying key heads.
+
+    Query head h reads key head h // (H // H_kv), as ``repeat_kv`` would arrange it: the H query heads
+    are viewed as H_kv groups of H // H_kv heads, each group one matrix product with its key head.
+    """
+    B, H, T, D = q.shape
+    H_kv, S = k.shape[1], k.shape[2]
+    if H_kv == H:
+        return torch.matmul(q, k.transpose(-1, -2))
+    return torch.matmul(q.reshape(B, H_kv, (H // H_kv) * T, D), k.transpose(-1, -2)).view(B, H, T, S)
+
+
+def grouped_values(p: Tensor, v: Tensor) -> Tensor:
+    """Weights p (B, H, T, S) times values v (B, H_kv, S, D) -> (B, H, T, D), without copying value heads."""
+    B, H, T, S = p.shape
+    H_kv, D = v.shape[1], v.shape[-1]
+    if H_kv == H:
+        return torch.matmul(p, v)
+    return torch.matmul(p.reshape(B, H_kv, (H // H_kv) * T, S), v).view(B, H, T, D)
+
+
 def default_scale(d: int, scale: float | None) -> float:
     return 1.0 / math.sqrt(d) if scale is None else scale
 
@@ -101,8 +123,7 @@ def dense_scores(
     T, S = q.shape[2], k.shape[2]
     idx = row_index(rows, T, q.device)  # (T',)
     qr = _wide(q[:, :, idx])
-    kk = _wide(repeat_kv(k, q.shape[1]))
-    s = torch.matmul(qr, kk.transpose(-1, -2)) * default_scale(q.shape[-1], scale)  # (B,H,T',S)
+    s = grouped_scores(qr, _wide(k)) * default_scale(q.shape[-1], scale)  # (B,H,T',S)
     qi = (idx + (S - T))[:, None]
     kj = torch.arange(S, device=q.device)[None, :]
     if score_mod is not None:
@@ -118,7 +139,7 @@ def dense_attention(q, k, v, *, mask=None, score_mod=None, scale=None) -> Tensor
     16-bit inputs are computed in float32 and rounded once at the end.
     """
     p = safe_softmax(dense_scores(q, k, mask=mask, score_mod=score_mod, scale=scale))
-    return torch.matmul(p, _wide(repeat_kv(v, q.shape[1]))).to(q.dtype)  # (B, H, T, D)
+    return grouped_values(p, _wide(v)).to(q.dtype)  # (B, H, T, D)
 
 
 def _wide(x: Tensor) -> Tensor:
@@ -162,7 +183,6 @@ def blocked_attention(
     B, H, T, D = q.shape
     S = k.shape[2]
     offset = S - T
-    kk, vv = repeat_kv(k, H), repeat_kv(v, H)
     sc = default_scale(D, scale)
     acc_dtype = _wide(q[:0]).dtype  # 16-bit inputs accumulate in float32 and are rounded once at the end
     outs = []
@@ -174,7 +194,7 @@ def blocked_attention(
         denom = qb.new_zeros((B, H, q1 - q0, 1), dtype=acc_dtype)
         acc = qb.new_zeros((B, H, q1 - q0, D), dtype=acc_dtype)
         for k0, k1, needs_mask in key_blocks(q0, q1):
-            s = torch.matmul(qb, _wide(kk[:, :, k0:k1]).transpose(-1, -2))  # (B, H, bq, bk)
+            s = grouped_scores(qb, _wide(k[:, :, k0:k1]))  # (B, H, bq, bk)
             kj = torch.arange(k0, k1, device=q.device)[None, :]
             if score_mod is not None:
                 s = score_mod(s, qi, kj)
@@ -185,7 +205,7 @@ def blocked_attention(
             p = torch.exp(s - m_safe)
             alpha = torch.exp(m - m_safe)
             denom = denom * alpha + p.sum(dim=-1, keepdim=True)
-            acc = acc * alpha + torch.matmul(p, _wide(vv[:, :, k0:k1]))
+            acc = acc * alpha + grouped_values(p, _wide(v[:, :, k0:k1]))
             m = m_new
         outs.append(acc / torch.where(denom > 0, denom, torch.ones_like(denom)))
     return torch.cat(outs, dim=2).to(q.dtype)
@@ -221,7 +241,7 @@ def gathered_attention(
     B, H, T, D = q.shape
     S = k.shape[2]
     offset = S - T
-    kk, vv = repeat_kv(k, H), repeat_kv(v, H)
+    gqa = k.shape[1] != H
     outs = []
     masks: dict[tuple[int, int, int], tuple[Tensor, bool]] = {}
     for q0 in range(0, T, block_q):
@@ -232,7 +252,7 @@ def gathered_attention(
         if n_keys == 0:
             outs.append(q.new_zeros((B, H, q1 - q0, D)))
             continue
-        kb, vb = kk[:, :, sel], vv[:, :, sel]
+        kb, vb = k[:, :, sel], v[:, :, sel]  # only the chosen keys, never the whole cache; heads not repeated
         kj = (torch.arange(sel.start, sel.stop, device=q.device) if band else sel)[None, :]  # (1, keys)
         qi = positions(q0, q1, offset, q.device)[:, None]
         reuse = (q0 + offset - sel.start, q1 - q0, n_keys) if band and shift_invariant else None
@@ -246,11 +266,11 @@ def gathered_attention(
                 masks[reuse] = visible, every_row
         if score_mod is None and every_row:
             outs.append(torch.nn.functional.scaled_dot_product_attention(q[:, :, q0:q1], kb, vb, attn_mask=visible,
-                                                                         scale=scale))
+                                                                         scale=scale, enable_gqa=gqa))
             continue
-        s = torch.matmul(_wide(q[:, :, q0:q1]) * default_scale(D, scale), _wide(kb).transpose(-1, -2))
+        s = grouped_scores(_wide(q[:, :, q0:q1]) * default_scale(D, scale), _wide(kb))
         if score_mod is not None:
             s = score_mod(s, qi, kj)
         s = s.masked_fill(~visible, float("-inf"))
-        outs.append(torch.matmul(safe_softmax(s), _wide(vb)).to(q.dtype))
+        outs.append(grouped_values(safe_softmax(s), _wide(vb)).to(q.dtype))
     return torch.cat(outs, dim=2)

@@ -7,7 +7,31 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lceval.attention.base import Attention, use_triton
-from lceval.attention.core import blocked_attention, dense_attention, dense_key_blocks, repeat_kv
+from lceval.attention.core import blocked_attention, dense_attention, dense_key_blocks
+
+
+def fused(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None, masked: int) -> Tensor | None:
+    """torch's flash SDPA for q (B, H, T, D) over k, v (B, H_kv, S, D), bottom-right causal; None where it cannot run.
+
+    T == S or not causal: the kernel's own causal flag. T == 1: every key is visible, a non-causal call.
+    1 < T < S: an explicit lower-right boolean mask (T x S entries, at most ``masked``).
+    """
+    T, S = q.shape[2], k.shape[2]
+    mask, is_causal = None, causal
+    if causal and T != S:
+        if T > S or (T > 1 and T * S > masked):
+            return None
+        if T == 1:
+            is_causal = False
+        else:
+            qi = torch.arange(S - T, S, device=q.device)[:, None]
+            mask, is_causal = torch.arange(S, device=q.device)[None, :] <= qi, False  # (T, S)
+    try:
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+    except RuntimeError:
+        return None  # the flash backend does not take this input (a dtype, a device): the blocked path runs
 
 
 class FullAttention(Attention):
@@ -30,12 +54,18 @@ class FlashAttention(Attention):
     """Exact attention without the score matrix.
 
     Runs torch's fused ``scaled_dot_product_attention`` (flash backend) when the
-    call is plain (no score mod, square causal or non-causal), else lceval's
-    blocked online-softmax path. Both are O(n) memory.
+    call has no score mod, else lceval's blocked online-softmax path. Both are
+    O(n) memory. Grouped key/value heads go to the fused kernel as they are
+    (``enable_gqa``), never copied. Causal calls with fewer queries than keys
+    (decoding against a cache) are bottom-right aligned: one query sees every
+    key (a plain non-causal call); a short block of queries gets the
+    lower-right causal mask, up to ``MASKED`` mask entries (longer chunks take
+    the blocked path, whose memory does not grow with T x S).
     """
 
     name = "flash"
     block = 512
+    MASKED = 1 << 22  # largest T x S boolean mask the fused call is given (4 MiB)
 
     def __call__(self, q, k, v, causal=True, score_mod=None, scale=None) -> Tensor:
         T, S = q.shape[2], k.shape[2]
@@ -44,16 +74,11 @@ class FlashAttention(Attention):
 
             self.last_impl = "triton"
             return flash_attention(q, k, v, causal=causal, scale=scale)
-        if score_mod is None and (not causal or T == S):
-            try:
-                with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-                    out = torch.nn.functional.scaled_dot_product_attention(
-                        q, repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1]), is_causal=causal, scale=scale
-                    )
+        if score_mod is None:
+            out = fused(q, k, v, causal, scale, self.MASKED)
+            if out is not None:
                 self.last_impl = "torch.sdpa_flash"
                 return out
-            except RuntimeError:
-                pass  # flash backend not available for this input: use the blocked path
         self.last_impl = "torch.blocked"
         blocks = dense_key_blocks(S, self.block, causal=causal, offset=S - T)
         return blocked_attention(q, k, v, key_blocks=blocks, mask=self.mask(causal),

@@ -280,3 +280,56 @@ def test_rotary_evaluation_path_equals_the_training_path_bit_for_bit(dh):
     q_train, k_train = rot.rotate(x[0].clone().requires_grad_(), x[1].clone().requires_grad_(), offset=5)
     assert torch.equal(q_eval, q_train.detach()) and torch.equal(k_eval, k_train.detach())
     assert q_eval.is_contiguous()
+
+
+# -- decoding against a cache: short queries, grouped heads --------------------------------------------------------
+@pytest.mark.parametrize("name,params", VARIANTS, ids=lambda x: x if isinstance(x, str) else str(x))
+@pytest.mark.parametrize("T,S", [(1, 1), (1, 257), (1, 2051), (3, 257), (17, 1001)])
+@pytest.mark.parametrize("H,Hkv", [(9, 3), (4, 1), (4, 4)], ids=["gqa", "mqa", "mha"])
+def test_short_queries_against_a_cache_equal_the_definition(name, params, T, S, H, Hkv):
+    """What decoding and chunked prefill call: T <= S queries, bottom-right aligned, grouped key/value heads."""
+    q, k, v = rand(2, H, Hkv, T, S, 32)
+    attn = build_attention(name, **params)
+    got = attn(q, k, v, causal=True)
+    torch.testing.assert_close(got.double(), reference(name, params, q, k, v, True), **TOL)
+
+
+@pytest.mark.parametrize("T", [1, 5])
+def test_flash_decodes_fused_without_copying_grouped_heads(monkeypatch, T):
+    """Short queries run in torch's fused kernel (no blocked loop), and repeat_kv is never called."""
+    import lceval.attention.core as core
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("grouped key/value heads were copied")
+
+    monkeypatch.setattr(core, "repeat_kv", no_copy)
+    q, k, v = rand(1, 9, 3, T, 1031, 64)
+    attn = build_attention("flash")
+    got = attn(q, k, v, causal=True)
+    assert attn.last_impl == "torch.sdpa_flash"
+    torch.testing.assert_close(got.double(), reference("flash", {}, q, k, v, True), **TOL)
+    full = build_attention("full")
+    torch.testing.assert_close(full(q, k, v, causal=True).double(), reference("full", {}, q, k, v, True), **TOL)
+
+
+def test_window_decode_reads_only_the_window(monkeypatch):
+    """A decoding step of a sliding window hands the fused kernel W keys, not the whole cache (never repeated)."""
+    import lceval.attention.core as core
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("grouped key/value heads were copied")
+
+    monkeypatch.setattr(core, "repeat_kv", no_copy)
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        seen.append(k.shape[2])
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    q, k, v = rand(1, 9, 3, 1, 4099, 32)
+    attn = build_attention("sliding_window", window=100)
+    got = attn(q, k, v, causal=True)
+    assert seen == [100]
+    torch.testing.assert_close(got.double(), reference("sliding_window", {"window": 100}, q, k, v, True), **TOL)
