@@ -198,8 +198,10 @@ class RunSpec(Strict):
         4096, description="largest score matrix a quadratic-memory variant may build")
     threads: pydantic.PositiveInt | Literal["auto"] = pydantic.Field(
         "auto", description="torch threads; auto: $OMP_NUM_THREADS if set, else the cores this process may use")
-    answer: Literal["auto", "generate"] = pydantic.Field(
-        "auto", description="auto: teacher forcing where it equals greedy decoding, else generation")
+    answer: Literal["auto", "generate", "full"] = pydantic.Field(
+        "auto", description="auto: teacher forcing where it equals greedy decoding, else generation that stops "
+                            "once the score is decided; generate: always generation; full: generation to a stop "
+                            "token or the whole budget (complete predictions)")
     executor: Literal["local", "ray"] = pydantic.Field(
         "local", description="local: this process; ray: a Ray cluster (pip install -e '.[ray]')")
     ray: RaySpec = pydantic.Field(default_factory=lambda: RaySpec())

@@ -8,7 +8,9 @@ does; other adapters wrap theirs to match):
 * ``logits_at(hidden, index) -> (B, K, V)``: logits only where needed;
 * ``new_cache()``: an empty cache.
 
-``greedy_generate`` decodes a batch of equal-length prompts; ``recompute=True``
+``greedy_generate`` decodes a batch of equal-length prompts and stops each one
+at a stop token, at the budget, or as soon as ``decided(i, tokens)`` says its
+score can no longer change (see ``Task.decided``); ``recompute=True``
 runs the whole sequence again at every step instead of using the cache (the
 oracle the cache is tested against). ``teacher_forced`` scores one ordered
 answer in a single pass; it equals greedy decoding's exact match followed by
@@ -17,9 +19,15 @@ a stop token (see ``lceval.task``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+#: why generation ended: the model's end token, a task's stop word, the score decided early (every reference
+#: found; a token that can never be exact), or the token budget
+StopReason = Literal["eos", "stop_word", "answer_found", "mismatch", "budget"]
 
 
 @dataclass
@@ -31,12 +39,16 @@ class Answer:
     finite: bool  # every logit it was read from was finite
     logprob: float | None = None  # teacher forcing: log-probability of the reference answer
     exact: bool | None = None  # teacher forcing: answer tokens and then a stop token
+    stop_reason: StopReason | None = None  # why generation ended (None: a labelled pass)
 
 
 @torch.no_grad()
 def greedy_generate(model, prompts: torch.Tensor, max_new_tokens: int, stop_ids: list[int],
-                    recompute: bool = False) -> list[Answer]:
-    """Greedy decoding of prompts (B, T) until each emits a stop id or ``max_new_tokens`` are out."""
+                    recompute: bool = False, decided: Callable[[int, list[int]], StopReason | None] | None = None,
+                    eos_ids: tuple[int, ...] = ()) -> list[Answer]:
+    """Greedy decoding of prompts (B, T) until each emits a stop id, ``max_new_tokens`` are out, or
+    ``decided(i, tokens)`` returns a reason to stop sample i. ``eos_ids``: the stop ids that are the
+    model's own end tokens (reported as ``eos``; other stop ids as ``stop_word``)."""
     B = prompts.shape[0]
     device = prompts.device
     stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
@@ -48,13 +60,20 @@ def greedy_generate(model, prompts: torch.Tensor, max_new_tokens: int, stop_ids:
     done = torch.zeros(B, dtype=torch.bool, device=device)
     stopped = torch.zeros(B, dtype=torch.bool, device=device)
     finite = torch.ones(B, dtype=torch.bool, device=device)
+    reasons: list[StopReason] = ["budget"] * B
     for step in range(max_new_tokens):
         finite &= torch.isfinite(logits).all(-1) | done
         nxt = logits.argmax(-1)  # (B,)
         is_stop = torch.isin(nxt, stop)
+        for i in torch.nonzero(~done & is_stop).flatten().tolist():
+            reasons[i] = "eos" if int(nxt[i]) in eos_ids else "stop_word"
+        stopped |= ~done & is_stop
         for i in torch.nonzero(~done & ~is_stop).flatten().tolist():
             out[i].append(int(nxt[i]))
-        stopped |= ~done & is_stop
+            why = decided(i, out[i]) if decided is not None else None
+            if why is not None:
+                reasons[i] = why
+                is_stop[i] = True  # done, though no stop token was emitted
         done |= is_stop
         if bool(done.all()) or step == max_new_tokens - 1:
             break
@@ -65,12 +84,18 @@ def greedy_generate(model, prompts: torch.Tensor, max_new_tokens: int, stop_ids:
             seq = torch.cat([seq, nxt[:, None]], dim=1)
             h = model.hidden(seq)
             logits = model.logits_at(h, torch.full((B, 1), seq.shape[1] - 1, device=device))[:, 0]
-    return [Answer(o, bool(s), bool(f)) for o, s, f in zip(out, stopped.tolist(), finite.tolist(), strict=True)]
+    return [Answer(o, bool(s), bool(f), stop_reason=r)
+            for o, s, f, r in zip(out, stopped.tolist(), finite.tolist(), reasons, strict=True)]
 
 
 @torch.no_grad()
-def teacher_forced(model, prompts: torch.Tensor, answers: torch.Tensor, stop_ids: list[int]) -> list[Answer]:
-    """One pass over prompt + answer (B, T + A): exact when the argmax is each answer token, then a stop id."""
+def teacher_forced(model, prompts: torch.Tensor, answers: torch.Tensor, stop_ids: list[int],
+                   eos_ids: tuple[int, ...] = ()) -> list[Answer]:
+    """One pass over prompt + answer (B, T + A): exact when the argmax is each answer token, then a stop id.
+
+    The stop reason is what greedy decoding with early stopping would record: the stop token after an exact
+    answer (``eos`` or ``stop_word``), a stop token where the answer went on (also a stop), else ``mismatch``.
+    """
     B, T = prompts.shape
     A = answers.shape[1]
     ids = torch.cat([prompts, answers], dim=1)  # (B, T + A)
@@ -85,15 +110,11 @@ def teacher_forced(model, prompts: torch.Tensor, answers: torch.Tensor, stop_ids
     result = []
     for i in range(B):
         wrong = torch.nonzero(~match[i]).flatten()
-        if len(wrong):  # greedy decoding would have produced exactly this much
-            w = int(wrong[0])
-            stopped = bool(torch.isin(pred[i, w], stop))
-            tokens = pred[i, : w if stopped else w + 1].tolist()
-        else:
-            tokens, stopped = answers[i].tolist(), bool(torch.isin(pred[i, A], stop))
-            if not stopped:
-                tokens = tokens + [int(pred[i, A])]
-        result.append(Answer(tokens, stopped, bool(finite[i]), float(logp[i]), bool(exact[i])))
+        w = int(wrong[0]) if len(wrong) else A  # greedy decoding would have produced exactly this much
+        stopped = bool(torch.isin(pred[i, w], stop))
+        tokens = pred[i, : w if stopped else w + 1].tolist()
+        reason = ("eos" if int(pred[i, w]) in eos_ids else "stop_word") if stopped else "mismatch"
+        result.append(Answer(tokens, stopped, bool(finite[i]), float(logp[i]), bool(exact[i]), reason))
     return result
 
 

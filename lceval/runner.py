@@ -314,6 +314,8 @@ class Runner:
                 "correct": bool(ok and sc.score >= 1.0),
                 "answer_mode": sc.mode if sc is not None else None,
                 "answer_logprob": sc.answer.logprob if sc is not None else None,
+                "stop_reason": sc.answer.stop_reason if sc is not None else None,
+                "prefill_tokens": length if sc is not None else None,  # prompt tokens computed (no shared prefix)
                 "impl": attention.last_impl if sc is not None else None,
                 "status": row_status,
                 "message": row_message,

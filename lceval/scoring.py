@@ -18,7 +18,9 @@ from lceval.generate import Answer, greedy_generate, labelled, teacher_forced
 from lceval.task import Sample, Task
 from lceval.tokenizer import TextTokenizer
 
-AnswerMode = Literal["auto", "generate"]
+#: auto: teacher forcing where it is exact, else generation that stops once the score is decided;
+#: generate: always generation (stopping once decided); full: generation to a stop token or the whole budget
+AnswerMode = Literal["auto", "generate", "full"]
 
 
 @dataclass
@@ -49,11 +51,14 @@ def score_batch(model, task: Task, samples: list[Sample], tokenizer: TextTokeniz
         return out
     stop_ids = task.stop_ids(tokenizer)
     tf = [uses_teacher_forcing(task, s, stop_ids, mode) for s in samples]
+    eos = tuple(tokenizer.end_ids())
     if all(tf) and len({len(s.answer_ids) for s in samples}) == 1:
         answers = torch.tensor([s.answer_ids for s in samples], device=device)  # (B, A)
-        got, how = teacher_forced(model, prompts, answers, stop_ids), "teacher_forcing"
+        got, how = teacher_forced(model, prompts, answers, stop_ids, eos_ids=eos), "teacher_forcing"
     else:
-        got, how = greedy_generate(model, prompts, task.max_new_tokens, stop_ids), "generate"
+        decided = None if mode == "full" else (lambda i, tokens: task.decided(samples[i], tokens, tokenizer))
+        got = greedy_generate(model, prompts, task.max_new_tokens, stop_ids, decided=decided, eos_ids=eos)
+        how = "generate"
     out = []
     for s, a in zip(samples, got, strict=True):
         text = tokenizer.decode(a.tokens).strip()

@@ -179,7 +179,8 @@ class Task:
                 "distance_key": self.distance_key, "max_new_tokens": self.max_new_tokens}
 
     def stop_ids(self, tokenizer: TextTokenizer) -> list[int]:
-        """Token ids that end generation: each stop word as one token, plus the tokenizer's EOS."""
+        """Token ids that end generation: each stop word as one token, plus the model's end tokens (EOS, a chat
+        template's end of turn)."""
         ids = []
         for word in self.stop_words:
             piece = tokenizer.piece(word)
@@ -187,9 +188,23 @@ class Task:
                 raise UserError(f"task {self.name}: stop word {word!r} is {len(piece)} tokens with this tokenizer; "
                                 "stop words must be single tokens")
             ids.append(piece[0])
-        if tokenizer.eos_id is not None:
-            ids.append(tokenizer.eos_id)
-        return ids
+        return ids + tokenizer.end_ids()
+
+    def decided(self, sample: Sample, tokens: list[int], tokenizer: TextTokenizer) -> str | None:
+        """Why generation of ``sample`` may stop after ``tokens`` without changing its score; None: go on.
+
+        ``string_match_all`` / ``string_match_part`` only grow as text is added: once every reference (``part``:
+        any one) is in the decoded text, the score is 1 whatever follows (``answer_found``). ``exact_match``
+        needs exactly the answer tokens and then a stop: a token that departs from them is final (``mismatch``).
+        """
+        if self.metric == "exact_match" and sample.answer_ids is not None:
+            n = len(tokens)
+            return "mismatch" if n > len(sample.answer_ids) or tokens != sample.answer_ids[:n] else None
+        if self.metric in ("string_match_all", "string_match_part") and sample.references:
+            text = tokenizer.decode(tokens).lower()
+            found = [r.lower() in text for r in sample.references]
+            return "answer_found" if (all(found) if self.metric == "string_match_all" else any(found)) else None
+        return None
 
     def teacher_forcing(self, sample: Sample, stop_ids: list[int]) -> bool:
         """Whether one teacher-forced pass scores ``sample`` exactly as greedy generation would."""

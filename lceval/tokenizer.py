@@ -23,10 +23,11 @@ class TextTokenizer:
     """Wraps a ``tokenizers.Tokenizer`` or a transformers tokenizer."""
 
     def __init__(self, backend, *, bos_id: int | None = None, eos_id: int | None = None, name: str = "custom",
-                 chat: tuple[list[int], list[int]] | None = None):
+                 chat: tuple[list[int], list[int]] | None = None, end_of_turn: tuple[int, ...] = ()):
         self.backend = backend
         self.bos_id = bos_id
         self.eos_id = eos_id
+        self.end_of_turn = tuple(end_of_turn)  # other ids the model ends an answer with (``<|im_end|>``, ...)
         self.name = name
         self.chat = chat  # a chat template's (head, tail) ids around the user's message, if prompts are wrapped
         self._cache: dict[str, list[int]] = {}  # encode(text)
@@ -66,6 +67,11 @@ class TextTokenizer:
             if len(self._pieces) < 200_000:
                 self._pieces[text] = ids
         return ids
+
+    def continuation(self, text: str) -> list[int]:
+        """Ids of ``text`` directly after earlier text, with no space between (an answer after a chat template's
+        generation prompt, which ends a line)."""
+        return self._mid_text(text)
 
     def _mid_text(self, text: str) -> list[int]:
         """Ids of ``text`` as it follows other text: the tail of ``ANCHOR + text`` after the anchor's own ids
@@ -143,6 +149,11 @@ class TextTokenizer:
         """
         return [] if self.chat is None else list(self.chat[1])
 
+    def end_ids(self) -> list[int]:
+        """The ids a model ends its answer with: EOS and any end-of-turn tokens, each once."""
+        ids = ([] if self.eos_id is None else [self.eos_id]) + list(self.end_of_turn)
+        return list(dict.fromkeys(ids))
+
     def decode(self, ids: list[int]) -> str:
         return self.backend.decode(ids)
 
@@ -168,8 +179,11 @@ class TextTokenizer:
         return self._fingerprint
 
     @classmethod
-    def from_hf(cls, tokenizer, chat_template: bool = False) -> TextTokenizer:
+    def from_hf(cls, tokenizer, chat_template: bool = False, end_ids: tuple[int, ...] = ()) -> TextTokenizer:
         """Wrap a transformers tokenizer (its BOS token, if any, starts every prompt).
+
+        ``end_ids``: tokens besides EOS that end an answer (a generation config's ``eos_token_id`` list); with a
+        chat template, the special token that closes an assistant turn is added too.
 
         With ``chat_template`` every prompt becomes one user message in the tokenizer's chat template with a
         generation prompt: the template's text before and after the message is tokenized once, as the
@@ -195,8 +209,9 @@ class TextTokenizer:
                 raise UserError(f"{type(tokenizer).__name__}'s chat template does not tokenize the same around a "
                                 "message as on its own, so prompt lengths could not be exact; set chat_template: "
                                 "false and write the template's text into the task instead")
+            end_ids = (*end_ids, *_end_of_turn(tokenizer))
         return cls(tokenizer, bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
-                   name=type(tokenizer).__name__, chat=chat)
+                   name=type(tokenizer).__name__, chat=chat, end_of_turn=end_ids)
 
     # -- persistence ------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -206,6 +221,21 @@ class TextTokenizer:
     def load(cls, path: Path) -> TextTokenizer:
         tok = Tokenizer.from_file(str(path))
         return cls(tok, bos_id=tok.token_to_id("[BOS]"), name="word-level")
+
+
+def _end_of_turn(tokenizer) -> list[int]:
+    """The special token a chat template writes right after an assistant message (``<|im_end|>``), if any."""
+    marker = "\x00LCEVAL-ANSWER\x00"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "a"}, {"role": "assistant", "content": marker}],
+                                             tokenize=False)
+    except Exception:  # a template that refuses this conversation: no end-of-turn token is known
+        return []
+    after = text.split(marker, 1)[1] if marker in text else ""
+    ids = tokenizer.encode(after, add_special_tokens=False) if after.strip() else []
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special |= {i for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items() if t.special}
+    return ids[:1] if ids and ids[0] in special else []
 
 
 def word_level(vocabulary: list[str]) -> TextTokenizer:

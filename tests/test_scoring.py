@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lceval.models.checkpoint import load_checkpoint
@@ -40,3 +41,45 @@ def test_training_is_deterministic_from_its_seed(tmp_path):
     train(recipe.model_copy(update={"seed": 8}), tmp_path / "c", progress=False)
     wc = load_file(str(tmp_path / "c" / "model.safetensors"))
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+@pytest.mark.parametrize("attention", [("full", {}), ("flash", {}), ("sliding_window", {"window": 64}),
+                                       ("sparse", {"block": 32, "local_blocks": 2}), ("linear", {})],
+                         ids=lambda a: a[0])
+def test_stopping_once_decided_scores_as_the_whole_budget(attention):
+    """Generation that stops once the score is decided gives every sample the score of full-budget generation,
+    for each metric (string_match_all, string_match_part, exact_match) and variant; its tokens are a prefix."""
+    from lceval import registry
+    from lceval.attention import build_attention
+    from lceval.config import validate_task_config
+    from lceval.models.checkpoint import zoo_path
+
+    model, tok, _ = load_checkpoint(zoo_path("zoo:ruler-mixture"))
+    model.attention = build_attention(attention[0], **attention[1])
+    multivalue = registry.tasks.get("niah_multivalue")
+    part = type("multivalue_part", (multivalue,), {"name": "multivalue_part", "metric": "string_match_part"})
+    tasks = [cls(validate_task_config(cls, {"lengths": [160], "depths": [0.0, 1.0], "samples": 3}, "t"), seed=3)
+             for cls in (registry.tasks.get("niah_single_2"), multivalue, part)]
+    quick, _ = _quickstart_niah()
+    reasons = set()
+    for task, tokenizer, m in [(t, tok, model) for t in tasks] + [(quick, _quickstart_niah()[1], None)]:
+        if m is None:
+            m, tokenizer, _ = load_checkpoint(zoo_path("zoo:quickstart-rotary"))
+            m.attention = build_attention(attention[0], **attention[1])
+        samples = task.samples(tokenizer)
+        early = score_batch(m, task, samples, tokenizer, mode="generate")
+        whole = score_batch(m, task, samples, tokenizer, mode="full")
+        assert [e.score for e in early] == [w.score for w in whole], task.name
+        for e, w in zip(early, whole, strict=True):
+            assert w.answer.tokens[: len(e.answer.tokens)] == e.answer.tokens
+            assert w.answer.stop_reason in ("eos", "stop_word", "budget")
+            reasons.add(e.answer.stop_reason)
+    assert reasons & {"answer_found", "mismatch"}  # the early stop happened, so the comparison means something
+
+
+def _quickstart_niah():
+    from lceval.models.checkpoint import zoo_path
+    from lceval.tasks.niah import NeedleInAHaystack, NiahConfig
+
+    _, tok, _ = load_checkpoint(zoo_path("zoo:quickstart-rotary"))
+    return NeedleInAHaystack(NiahConfig(lengths=[200], depths=[0.0, 0.5, 1.0], samples=4), seed=5), tok

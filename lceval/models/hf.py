@@ -162,8 +162,18 @@ class HFModel(nn.Module):
         return DynamicCache(config=self.lm.config)
 
     def hidden(self, ids: Tensor, cache=None) -> Tensor:
-        out = self.base(input_ids=ids, past_key_values=cache, use_cache=cache is not None)
+        out = self.base(input_ids=ids, use_cache=cache is not None, **{self._cache_arg: cache})
         return out.last_hidden_state
+
+    @property
+    def _cache_arg(self) -> str:
+        """The keyword the model's forward takes its KV cache by (``cache`` from transformers 5.24 on)."""
+        import inspect
+
+        if not hasattr(self, "_cache_kw"):
+            params = inspect.signature(self.base.forward).parameters
+            self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        return self._cache_kw
 
     def logits_at(self, hidden: Tensor, index: Tensor) -> Tensor:
         picked = torch.gather(hidden, 1, index[..., None].expand(-1, -1, hidden.shape[-1]))
@@ -217,7 +227,9 @@ class HFAdapter(ModelAdapter):
             trust_remote_code=spec.trust_remote_code, attn_implementation=IMPL)
         self.lm.eval().to(self.device)
         hf_tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=spec.trust_remote_code)
-        self.tokenizer = TextTokenizer.from_hf(hf_tok, chat_template=spec.chat_template)
+        ends = getattr(getattr(self.lm, "generation_config", None), "eos_token_id", None)
+        ends = tuple(ends) if isinstance(ends, list | tuple) else (() if ends is None else (ends,))
+        self.tokenizer = TextTokenizer.from_hf(hf_tok, chat_template=spec.chat_template, end_ids=ends)
         cfg = self.lm.config
         self.position = position_of(raw)
         self.n_heads = cfg.num_attention_heads

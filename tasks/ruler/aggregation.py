@@ -21,8 +21,8 @@ import numpy as np
 import pydantic
 
 from lceval.errors import UserError
-from lceval.task import Length, Sample, Samples, Task, TaskConfig, TrainingExample
-from lceval.tasks.ruler.common import pseudo_words
+from lceval.task import Length, Sample, Samples, Task, TrainingExample
+from lceval.tasks.ruler.common import PromptConfig, Wording, frame, pseudo_words, wording, wording_words
 
 CWE_HEAD = "Below is a list of words ."
 CWE_QUESTION = ("Question : what are the {n} most common words in the list above ? "
@@ -30,6 +30,20 @@ CWE_QUESTION = ("Question : what are the {n} most common words in the list above
 FWE_HEAD = "Read the coded text below and find the most frequent coded words ."
 FWE_QUESTION = ("Question : what are the {n} most frequent coded words in the text above ? "
                 "Answer : the {n} most frequent coded words are")
+
+
+CWE_WORDINGS = {
+    "words": Wording(CWE_HEAD, CWE_QUESTION, ""),
+    "natural": Wording("Below is a list of words. Keep track of how often each one appears.",
+                       "What are the {n} most common words in the list above?",
+                       "The {n} most common words in the list above are:"),
+}
+FWE_WORDINGS = {
+    "words": Wording(FWE_HEAD, FWE_QUESTION, ""),
+    "natural": Wording("Read the coded text below and keep track of how often each coded word appears.",
+                       "What are the {n} most frequently appearing coded words in the text above?",
+                       "The {n} most frequent coded words in the text above are:"),
+}
 
 
 def _words_of(*templates: str) -> set[str]:
@@ -44,25 +58,28 @@ class _WordCount(Task):
     distance_key = None
     HEAD: str
     QUESTION: str
+    WORDINGS: dict[str, Wording]
 
     def n_answers(self) -> int:
         raise NotImplementedError
 
     def vocabulary(self):
         fixed = _words_of(self.HEAD, self.QUESTION) | {".", "?", ":", str(self.n_answers())}
+        fixed |= wording_words(self.config, self.WORDINGS)
         return sorted(fixed) + self.words
 
     def _frame_for(self, tokenizer, length):
-        return self._frame(tokenizer, self.HEAD, self.QUESTION.format(n=self.n_answers()), length)
+        n = str(self.n_answers())
+        return self._frame(tokenizer, wording(self.config, tokenizer, self.WORDINGS, {"n": n, "query": n}, self.name),
+                           length)
 
     def __init__(self, config, seed: int = 0):
         super().__init__(config, seed)
         self.words = pseudo_words(config.pool, seed=41)
 
-    def _frame(self, tokenizer, head: str, question: str, length: int):
+    def _frame(self, tokenizer, words: Wording, length: int):
         """Prefix, question, each pool word's tokens, the token budget and the word budget."""
-        prefix = tokenizer.prefix() + tokenizer.piece(head)
-        q = tokenizer.piece(question) + tokenizer.suffix()
+        prefix, q = frame(tokenizer, words)
         word_ids = [tokenizer.piece(w) for w in self.words]
         self._stop = next((p for p in map(tokenizer.piece, [".", ",", "the", "a"]) if len(p) == 1), [])
         budget = length - len(prefix) - len(q)
@@ -117,7 +134,7 @@ class _WordCount(Task):
                                labels=answer)
 
 
-class CWEConfig(TaskConfig):
+class CWEConfig(PromptConfig):
     lengths: list[Length] = pydantic.Field(default=[256, 512, 1024], min_length=1)
     samples: Samples = 10
     num_common: pydantic.PositiveInt = 10
@@ -140,7 +157,7 @@ class CommonWords(_WordCount):
     Config = CWEConfig
     config: CWEConfig
     max_new_tokens = 120  # RULER's budget for cwe
-    HEAD, QUESTION = CWE_HEAD, CWE_QUESTION
+    HEAD, QUESTION, WORDINGS = CWE_HEAD, CWE_QUESTION, CWE_WORDINGS
 
     def n_answers(self):
         return self.config.num_common
@@ -167,7 +184,7 @@ class CommonWords(_WordCount):
         return prefix + body + q, refs, {"freq_common": fc, "freq_uncommon": fu, "num_common": n_common}
 
 
-class FWEConfig(TaskConfig):
+class FWEConfig(PromptConfig):
     lengths: list[Length] = pydantic.Field(default=[256, 512, 1024], min_length=1)
     samples: Samples = 10
     alpha: pydantic.PositiveFloat = 2.0
@@ -183,7 +200,7 @@ class FrequentWords(_WordCount):
     Config = FWEConfig
     config: FWEConfig
     max_new_tokens = 50  # RULER's budget for fwe
-    HEAD, QUESTION = FWE_HEAD, FWE_QUESTION
+    HEAD, QUESTION, WORDINGS = FWE_HEAD, FWE_QUESTION, FWE_WORDINGS
 
     def n_answers(self):
         return self.config.top

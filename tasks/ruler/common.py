@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pydantic
 
 from lceval.errors import UserError
+from lceval.task import TaskConfig
 from lceval.tasks.haystack import SentencePool, nearest
+from lceval.tokenizer import TextTokenizer
 
 _CONS = "bdfgklmnprstvz"
 _VOW = "aeiou"
@@ -80,3 +82,86 @@ def preset(base: type, name: str, doc: str, **defaults: Any) -> type:
     fields = {k: (cfg_base.model_fields[k].annotation, pydantic.Field(v)) for k, v in defaults.items()}
     config = pydantic.create_model(f"{name}_config", __base__=cfg_base, **fields)
     return type(name, (base,), {"name": name, "Config": config, "__doc__": doc, "__module__": base.__module__})
+
+
+# -- prompt wording ------------------------------------------------------------------------------------------------
+class Wording(NamedTuple):
+    """A prompt's text around the context, shaped as RULER's protocol: an instruction before the context, the
+    question after it, and an answer prefix that opens the answer (with a chat template, the assistant's turn,
+    after the generation prompt, so an instruction-tuned model completes the answer instead of restating the
+    question). Fields use ``{placeholders}`` the task fills."""
+
+    instruction: str
+    question: str
+    answer_prefix: str
+
+
+#: the built-in wordings: ``words`` is the spaced-punctuation form the reference models are trained on (every
+#: word one token of a word-level tokenizer); ``natural`` is written for pretrained models
+BUILTIN = ("words", "natural")
+
+
+class PromptConfig(TaskConfig):
+    """The prompt's wording (every RULER-style task has these two fields)."""
+
+    template: str = pydantic.Field(
+        "auto", description="auto: 'words' for word-level tokenizers (lceval's reference models), 'natural' "
+                            "otherwise; words; natural; or your own text holding {context} once, e.g. "
+                            "'Read this. {context} What is the number for {query}?'")
+    answer_prefix: str | None = pydantic.Field(
+        None, description="text that opens the answer (default: the wording's own; with your own template, none)")
+
+    @pydantic.field_validator("template")
+    @classmethod
+    def _template(cls, v):
+        if v in ("auto", *BUILTIN):
+            return v
+        if v.count("{context}") != 1:
+            raise ValueError("must be auto, words, natural, or a text holding {context} exactly once "
+                             "(where the haystack goes)")
+        return v
+
+
+def wording(config: PromptConfig, tokenizer: TextTokenizer, builtin: dict[str, Wording], fields: dict[str, str],
+            task: str) -> Wording:
+    """The configured wording with its placeholders filled (``fields``: the task's names, ``query`` among them)."""
+    name = config.template
+    if name == "auto":
+        name = "words" if tokenizer.name == "word-level" else "natural"
+    if name in builtin:
+        base = builtin[name]
+    else:
+        before, after = name.split("{context}")
+        base = Wording(before, after, "")
+    if config.answer_prefix is not None:
+        base = base._replace(answer_prefix=config.answer_prefix)
+    try:
+        return Wording(*(part.format(**fields) for part in base))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UserError(f"tasks.{task}.template: cannot fill {exc} (this task's placeholders: "
+                        f"{', '.join('{' + k + '}' for k in fields)}, and {{context}})") from None
+
+
+def wording_words(config: PromptConfig, builtin: dict[str, Wording]) -> set[str]:
+    """The words a word-level tokenizer needs for the configured wording beyond the task's own (natural or a
+    user's text; ``words`` and ``auto`` need none: auto picks words for word-level tokenizers)."""
+    if config.template in ("auto", "words"):
+        texts = []
+    else:
+        texts = list(builtin["natural"]) if config.template == "natural" else [config.template]
+    if config.answer_prefix:
+        texts.append(config.answer_prefix)
+    return {w for t in texts for w in t.split() if "{" not in w and "}" not in w}
+
+
+def frame(tokenizer: TextTokenizer, words: Wording) -> tuple[list[int], list[int]]:
+    """Ids before the context (the prompt's start, the instruction) and after it (the question, a chat template's
+    tail, the answer prefix). Every piece is counted, so prompt lengths stay exact."""
+    head = tokenizer.prefix() + (tokenizer.piece(words.instruction.strip()) if words.instruction.strip() else [])
+    tail = tokenizer.piece(words.question.strip()) if words.question.strip() else []
+    tail = tail + tokenizer.suffix()
+    if words.answer_prefix.strip():
+        # after a chat template's generation prompt the answer starts a line (no space before it)
+        text = words.answer_prefix.strip()
+        tail = tail + (tokenizer.continuation(text) if tokenizer.chat is not None else tokenizer.piece(text))
+    return head, tail

@@ -21,10 +21,22 @@ import numpy as np
 import pydantic
 
 from lceval.errors import UserError
-from lceval.task import Length, Sample, Samples, Task, TaskConfig, TrainingExample
+from lceval.task import Length, Sample, Samples, Task, TrainingExample
 from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool, pool_for
 from lceval.tasks.niah import KEYS
-from lceval.tasks.ruler.common import assemble, fill, numbers, preset, pseudo_words, uuids
+from lceval.tasks.ruler.common import (
+    PromptConfig,
+    Wording,
+    assemble,
+    fill,
+    frame,
+    numbers,
+    preset,
+    pseudo_words,
+    uuids,
+    wording,
+    wording_words,
+)
 from lceval.tokenizer import TextTokenizer
 
 Kind = Literal["words", "numbers", "uuids"]
@@ -32,11 +44,18 @@ NEEDLE = "One of the special magic {noun} for {key} is {value} ."
 QUESTION = ("Question : what are all the special magic {noun} for {keys} in the text ? "
             "Answer : the special magic {noun} for {keys} are")
 NOUNS = {"words": "words", "numbers": "numbers", "uuids": "uuids"}
+WORDINGS = {
+    "words": Wording("", QUESTION, ""),
+    "natural": Wording("Some special magic {noun} are hidden in the text below. Memorize them: you will be asked "
+                       "about them afterwards.",
+                       "What are all the special magic {noun} for {query} mentioned in the text above?",
+                       "The special magic {noun} for {query} mentioned in the text above are"),
+}
 TEMPLATE_WORDS = sorted({w for t in (NEEDLE, QUESTION) for w in t.split() if "{" not in w} | set(NOUNS.values())
                         | {"and"})
 
 
-class RulerNiahConfig(TaskConfig):
+class RulerNiahConfig(PromptConfig):
     lengths: list[Length] = pydantic.Field(default=[256, 512, 1024], min_length=1)
     depths: list[pydantic.confloat(ge=0.0, le=1.0)] = pydantic.Field(default=[0.0, 0.25, 0.5, 0.75, 1.0], min_length=1)
     samples: Samples = 10
@@ -83,7 +102,7 @@ class RulerNiah(Task):
         words = set(TEMPLATE_WORDS) | set(ESSAY_WORDS) | set(REPEAT_WORDS) | {".", "?", ":"}
         for kind, seed in ((self.config.key_type, 1), (self.config.value_type, 0)):
             words |= set(self._values(kind, seed))
-        words |= set(KEYS)
+        words |= set(KEYS) | wording_words(self.config, WORDINGS)
         return sorted(words)
 
     def _pool(self, tokenizer: TextTokenizer) -> SentencePool:
@@ -100,9 +119,11 @@ class RulerNiah(Task):
         table = {k: vals[i * c.num_values : (i + 1) * c.num_values] for i, k in enumerate(picked)}
         return picked[:n_queries], table
 
-    def _question(self, tokenizer, queried):
-        noun = NOUNS[self.config.value_type]
-        return tokenizer.piece(QUESTION.format(noun=noun, keys=" and ".join(queried)))
+    def _frame(self, tokenizer, queried):
+        """Ids before the haystack and after it (question, chat tail, answer prefix)."""
+        keys = " and ".join(queried)
+        fields = {"noun": NOUNS[self.config.value_type], "keys": keys, "query": keys}
+        return frame(tokenizer, wording(self.config, tokenizer, WORDINGS, fields, self.name))
 
     def _needle(self, tokenizer, key, value):
         return tokenizer.piece(NEEDLE.format(noun=NOUNS[self.config.value_type], key=key, value=value))
@@ -112,8 +133,7 @@ class RulerNiah(Task):
         queried, table = self._draw(rng, n_queries)
         needles = [(k, v) for k in queried for v in table[k]]
         distractors = [(k, v) for k, vs in table.items() if k not in queried for v in vs]
-        question = self._question(tokenizer, queried) + tokenizer.suffix()  # a chat template's tail
-        prefix = tokenizer.prefix()
+        prefix, question = self._frame(tokenizer, queried)
         pieces = [self._needle(tokenizer, k, v) for k, v in needles]
         extra = [self._needle(tokenizer, k, v) for k, v in distractors]
         fixed = len(prefix) + sum(map(len, pieces)) + sum(map(len, extra)) + len(question)

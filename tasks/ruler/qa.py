@@ -17,9 +17,9 @@ from pathlib import Path
 import pydantic
 
 from lceval.errors import UserError
-from lceval.task import Length, SafePath, Sample, Samples, Task, TaskConfig
+from lceval.task import Length, SafePath, Sample, Samples, Task
 from lceval.tasks.haystack import REPEAT_WORDS, pool_for
-from lceval.tasks.ruler.common import assemble, fill
+from lceval.tasks.ruler.common import PromptConfig, Wording, assemble, fill, frame, wording, wording_words
 
 HEAD = "Answer the question using the documents below ."
 QUESTION = "Question : {question} Answer :"
@@ -57,7 +57,14 @@ def load_qa(path: Path) -> list[dict]:
     return items
 
 
-class QAConfig(TaskConfig):
+WORDINGS = {
+    "words": Wording(HEAD, QUESTION, ""),
+    "natural": Wording("Answer the question using the documents below. Give only the answer, in a few words.",
+                       "Question: {question}", "Answer:"),
+}
+
+
+class QAConfig(PromptConfig):
     path: SafePath
     lengths: list[Length] = pydantic.Field(default=[256, 512], min_length=1)
     depths: list[pydantic.confloat(ge=0.0, le=1.0)] = pydantic.Field(default=[0.0, 0.5, 1.0], min_length=1)
@@ -81,7 +88,7 @@ class QA(Task):
         return load_qa(self.config.path)
 
     def vocabulary(self):
-        text = " ".join([HEAD, QUESTION, *REPEAT_WORDS] + [t for it in self.items
+        text = " ".join([HEAD, QUESTION, *REPEAT_WORDS, *wording_words(self.config, WORDINGS)] + [t for it in self.items
                                                           for t in (it["question"], it["gold"], *it["answers"])])
         return sorted({w for w in text.split() if "{" not in w and "}" not in w})
 
@@ -96,8 +103,8 @@ class QA(Task):
             rng = self.rng(length, float(depth), i)
             item = self.items[i % len(self.items)]
             gold = tokenizer.piece(item["gold"])
-            head = tokenizer.prefix() + tokenizer.piece(HEAD)
-            question = tokenizer.piece(QUESTION.format(question=item["question"])) + tokenizer.suffix()
+            fields = {"question": item["question"], "query": item["question"]}
+            head, question = frame(tokenizer, wording(self.config, tokenizer, WORDINGS, fields, self.name))
             budget = length - len(head) - len(gold) - len(question)
             others = [j for j in rng.permutation(len(self.items)) if self.items[j]["gold"] != item["gold"]]
             hay, starts = [], []

@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import pydantic
 
-from lceval.task import Length, Sample, Samples, Task, TaskConfig, TrainingExample
+from lceval.task import Length, Sample, Samples, Task, TrainingExample
 from lceval.tasks.haystack import REPEAT_WORDS, pool_for
-from lceval.tasks.ruler.common import assemble, fill, numbers, pseudo_words
+from lceval.tasks.ruler.common import PromptConfig, Wording, assemble, fill, frame, numbers, pseudo_words, wording, wording_words
 
 STATEMENT = "VAR {name} = {value} ."
 QUESTION = ("Question : find every variable that is assigned the value {value} in the text above . "
             "Answer : the variables assigned the value {value} are")
+WORDINGS = {
+    "words": Wording("", QUESTION, ""),
+    "natural": Wording("Memorize the variable assignments in the text below; you will be asked about them "
+                       "afterwards.",
+                       "Find every variable that is assigned the value {value}, directly or through other "
+                       "variables, in the text above.",
+                       "Following the assignments, the variables assigned the value {value} are:"),
+}
 TEMPLATE_WORDS = sorted({w for t in (STATEMENT, QUESTION) for w in t.split() if "{" not in w})
 
 
@@ -27,7 +35,7 @@ def variable_names(n: int) -> list[str]:
     return [w.upper() for w in pseudo_words(n, seed=31)]
 
 
-class VTConfig(TaskConfig):
+class VTConfig(PromptConfig):
     lengths: list[Length] = pydantic.Field(default=[256, 512, 1024], min_length=1)
     samples: Samples = 10
     chains: pydantic.PositiveInt = 1
@@ -52,7 +60,8 @@ class VariableTracking(Task):
         self.values = numbers(config.pool, digits=5, seed=37)
 
     def vocabulary(self):
-        return sorted(set(TEMPLATE_WORDS) | set(REPEAT_WORDS) | {".", "?", ":", "="}) + self.names + self.values
+        fixed = set(TEMPLATE_WORDS) | set(REPEAT_WORDS) | {".", "?", ":", "="} | wording_words(self.config, WORDINGS)
+        return sorted(fixed) + self.names + self.values
 
     def _pool(self, tokenizer):
         return pool_for(self, "repeat", tokenizer)
@@ -68,8 +77,8 @@ class VariableTracking(Task):
             spots = sorted(rng.random(len(steps)))  # in order: each statement after the one it copies
             statements += [tokenizer.piece(s) for s in steps]
             fracs += spots
-        question = tokenizer.piece(QUESTION.format(value=values[0])) + tokenizer.suffix()
-        prefix = tokenizer.prefix()
+        fields = {"value": values[0], "query": values[0]}
+        prefix, question = frame(tokenizer, wording(self.config, tokenizer, WORDINGS, fields, self.name))
         budget = length - len(prefix) - sum(map(len, statements)) - len(question)
         hay, starts = fill(self._pool(tokenizer), rng, budget, self.name, length)
         ids, offsets, _ = assemble(prefix, hay, starts, list(zip(fracs, statements, strict=True)), question)
