@@ -73,7 +73,7 @@ CASES = [
     ("tasks.vt", {"lengths": [64], "hops": 0}, "tasks.vt.hops", "greater than 0"),
     ("tasks.cwe", {"freq_common": 2, "freq_uncommon": 3}, "tasks.cwe", "freq_common must be larger"),
     ("tasks.qa", {"lengths": [64]}, "tasks.qa.path", "required key is missing"),
-    ("run.answer", "beam", "run.answer", "'auto' or 'generate'"),
+    ("run.answer", "beam", "run.answer", "'auto', 'generate' or 'full'"),
     ("run.threads", 0, "run.threads", "greater than 0"),
 ]
 

