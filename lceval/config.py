@@ -94,9 +94,10 @@ class TrainRecipe(Strict):
 class RopeSpec(Strict):
     """A RoPE override for a rotary Hugging Face model: base ``theta`` and/or a length-extension ``scaling``."""
 
-    theta: float | None = pydantic.Field(None, gt=0)
+    theta: float | None = pydantic.Field(None, gt=0, allow_inf_nan=False)
     scaling: Literal["linear", "dynamic", "yarn"] | None = None
-    factor: float = pydantic.Field(1.0, ge=1.0, description="how many times the trained length to stretch to")
+    factor: float = pydantic.Field(1.0, ge=1.0, allow_inf_nan=False,
+                                   description="how many times the trained length to stretch to")
     original_max_position_embeddings: pydantic.PositiveInt | None = None
 
 

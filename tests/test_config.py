@@ -75,6 +75,10 @@ CASES = [
     ("tasks.qa", {"lengths": [64]}, "tasks.qa.path", "required key is missing"),
     ("run.answer", "beam", "run.answer", "'auto', 'generate' or 'full'"),
     ("run.threads", 0, "run.threads", "greater than 0"),
+    ("tasks.vt", {"lengths": [64], "template": "no place for the text"}, "tasks.vt.template", "{context} exactly once"),
+    ("models.m", {"type": "hf", "path": "x", "rope": {"theta": float("inf")}}, "models.m.rope.theta", "finite number"),
+    ("models.m", {"type": "hf", "path": "x", "rope": {"scaling": "yarn", "factor": float("inf")}},
+     "models.m.rope.factor", "finite number"),
 ]
 
 
