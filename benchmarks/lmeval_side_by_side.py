@@ -111,6 +111,9 @@ def per_sample(gguf: Path, args) -> dict:
     """Floor and lceval per sample, in this process, on the same prompt ids."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     from lceval import registry
     from lceval.attention import build_attention
@@ -175,7 +178,8 @@ def main() -> None:
             lm_wall, lm_score, note = run_lmeval(python, model_dir, args, tmp / "lmeval", env)
             shown = "failed" if lm_score is None else f"{lm_score:7.3f}"
             print(f"{'lm-eval':<10} {lm_wall:8.1f} {shown:>7}" + (f"  ({note})" if lm_score is None else ""))
-            print(f"lm-eval / lceval wall time: {lm_wall / lc_wall:.2f}x")
+            if lm_score is not None:
+                print(f"lm-eval / lceval wall time: {lm_wall / lc_wall:.2f}x (lceval is that many times faster)")
         stops = {}
         for r in rows:
             stops[r["stop_reason"]] = stops.get(r["stop_reason"], 0) + 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import threading
 import sys
 from pathlib import Path
 
@@ -16,9 +17,23 @@ import click
 from lceval.errors import UserError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is (rows kept, a resume hint), exiting 143."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _interrupted(exc: KeyboardInterrupt, where: str = "") -> None:
+    how, code = ("terminated (SIGTERM)", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+    click.echo(f"\n{how}: rows written so far are kept{where}; run the same command again to resume", err=True)
+    sys.exit(code)
+
+
 def user_errors(fn):
     """One line and exit 2 for a user's error (an OSError too: it names the path and the reason);
-    Ctrl-C at any moment exits 130 with what was kept."""
+    Ctrl-C at any moment exits 130 with what was kept; SIGTERM the same way with 143."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -33,9 +48,8 @@ def user_errors(fn):
             where = exc.filename or "a file"
             click.echo(f"error: cannot use {where}: {os_reason(exc)}; rows already written are kept", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted: rows written so far are kept; run the same command again to resume", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            _interrupted(exc)
 
     return wrapper
 
@@ -46,6 +60,8 @@ def main():
     """lceval: where in a long input can a model still find what it needs?"""
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit becomes an OSError (EFBIG) with a clear message, not a kill
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if threading.current_thread() is threading.main_thread():  # SIGTERM ends a run as Ctrl-C does
+        signal.signal(signal.SIGTERM, _terminate)
 
 
 @main.command()
@@ -80,10 +96,8 @@ def run(config, out, overrides, dry_run, limit, retry_failed, no_progress):
     try:
         # the report is built under the run's lock, its figures drawn by as many processes as run.threads allows
         summary = runner.run(out, after=lambda d: build_report(d, workers="auto"))
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: rows written so far are kept in {out}; run the same command again to resume",
-                   err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc, f" in {out}")
     report = summary.report
     counts = ", ".join(f"{k}={v}" for k, v in sorted(summary.status_counts.items()))
     if summary.written == 0 and summary.skipped_done:

@@ -269,3 +269,27 @@ def test_threads_follow_the_setting_and_the_environment(monkeypatch):
         assert use_threads(1) == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_sigterm_keeps_rows_says_so_and_resumes(quickstart_rotary, write_config, tmp_path):
+    """SIGTERM is handled as Ctrl-C: a message with the resume hint, exit 143, rows kept; the resume is exact."""
+    cfg_data = small_config(quickstart_rotary)
+    cfg_data["run"]["batch_size"] = 1
+    cfg_data["tasks"]["niah"] = {"lengths": [64, 128, 256, 512], "depths": [0.0, 0.5, 1.0], "samples": 8}
+    cfg = write_config(cfg_data)
+    out = tmp_path / "termed"
+    cmd = [sys.executable, "-m", "lceval.cli", "run", str(cfg), "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    results = out / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (results.exists() and len(results.read_bytes().splitlines()) >= 20):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM): rows written so far are kept" in err and "run the same command again" in err
+    kept = len(read_rows(out))
+    assert 0 < kept < 2 * 4 * 3 * 8
+    res = run_cli([cfg, "--out", out])
+    assert res.exit_code == 0 and f"already done: {kept}" in res.output, res.output
+    assert len(read_rows(out)) == 2 * 4 * 3 * 8
