@@ -155,6 +155,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--gguf")
     ap.add_argument("--lmeval-python")
+    ap.add_argument("--commands-only", action="store_true", help="only the two whole commands (no per-sample table)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lceval-sbs-"))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
@@ -184,6 +185,8 @@ def main() -> None:
         for r in rows:
             stops[r["stop_reason"]] = stops.get(r["stop_reason"], 0) + 1
         print(f"lceval stop reasons: {stops}")
+        if args.commands_only:
+            return
         ps = per_sample(gguf, args)
         ours, floor = statistics.median(ps["ours"]), statistics.median(ps["floor"])
         print(f"\nper sample (median of {args.samples}; same prompt ids; {statistics.mean(ps['tokens']):.1f} "
