@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import functools
 import signal
-import threading
 import sys
+import threading
 from pathlib import Path
 
 import click

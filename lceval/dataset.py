@@ -24,7 +24,7 @@ FORMAT = "lceval-samples/2"
 
 
 def cache_root() -> Path:
-    from lceval.models.adapters import cache_dir
+    from lceval.paths import cache_dir
 
     return cache_dir() / "datasets"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -20,14 +19,10 @@ from torch import nn
 from lceval.attention import Attention
 from lceval.config import ModelSpec
 from lceval.models.checkpoint import is_complete, load_checkpoint, zoo_path
+from lceval.paths import cache_dir
 from lceval.tokenizer import TextTokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def cache_dir() -> Path:
-    """Where trained models are cached: ``$LCEVAL_CACHE`` or ``~/.cache/lceval``."""
-    return Path(os.environ.get("LCEVAL_CACHE") or Path.home() / ".cache" / "lceval")
 
 
 def hash_files(files) -> str:

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from lceval.errors import UserError
-from lceval.models.adapters import cache_dir
+from lceval.paths import cache_dir
 
 MAGIC = b"GGUF"
 DONE = ".complete"  # written last: a directory without it is an interrupted conversion
