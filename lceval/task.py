@@ -201,9 +201,8 @@ class Task:
             n = len(tokens)
             return "mismatch" if n > len(sample.answer_ids) or tokens != sample.answer_ids[:n] else None
         if self.metric in ("string_match_all", "string_match_part") and sample.references:
-            text = tokenizer.decode(tokens).lower()
-            found = [r.lower() in text for r in sample.references]
-            return "answer_found" if (all(found) if self.metric == "string_match_all" else any(found)) else None
+            return "answer_found" if metrics.score_text(self.metric, tokenizer.decode(tokens), sample.references) == 1.0 \
+                else None
         return None
 
     def teacher_forcing(self, sample: Sample, stop_ids: list[int]) -> bool:

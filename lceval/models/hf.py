@@ -19,6 +19,7 @@ message rather than evaluated wrongly.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -75,9 +76,10 @@ def position_of(config: dict) -> str:
 
 def inspect_dir(path: Path) -> dict:
     """A model directory's config.json, once it is known to be supported and loadable (else a one-line error)."""
+    path = model_dir(path)
     raw = read_config(path)
     check_supported(raw)
-    check_weights(model_dir(path))
+    check_weights(path)
     return raw
 
 
@@ -147,6 +149,8 @@ class HFModel(nn.Module):
         self.base = lm.base_model
         self.head = lm.get_output_embeddings()
         self.final_softcap = getattr(lm.config, "final_logit_softcapping", None)
+        # the keyword the model's forward takes its KV cache by (``cache`` from transformers 5.24 on)
+        self.cache_arg = "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
 
     @property
     def capture(self):
@@ -162,18 +166,8 @@ class HFModel(nn.Module):
         return DynamicCache(config=self.lm.config)
 
     def hidden(self, ids: Tensor, cache=None) -> Tensor:
-        out = self.base(input_ids=ids, use_cache=cache is not None, **{self._cache_arg: cache})
+        out = self.base(input_ids=ids, use_cache=cache is not None, **{self.cache_arg: cache})
         return out.last_hidden_state
-
-    @property
-    def _cache_arg(self) -> str:
-        """The keyword the model's forward takes its KV cache by (``cache`` from transformers 5.24 on)."""
-        import inspect
-
-        if not hasattr(self, "_cache_kw"):
-            params = inspect.signature(self.base.forward).parameters
-            self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        return self._cache_kw
 
     def logits_at(self, hidden: Tensor, index: Tensor) -> Tensor:
         picked = torch.gather(hidden, 1, index[..., None].expand(-1, -1, hidden.shape[-1]))
@@ -211,13 +205,12 @@ class HFAdapter(ModelAdapter):
             return
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        from lceval.models.gguf import file_sha256, is_gguf
+        from lceval.models.gguf import file_sha256
 
         spec = self.spec
         self.source = Path(spec.path)
-        gguf = is_gguf(self.source)
-        raw = inspect_dir(self.source)
-        path = model_dir(self.source)
+        path = model_dir(self.source)  # a GGUF file's conversion, or the directory itself
+        raw = inspect_dir(path)
         register()
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=spec.trust_remote_code)
         rope_overrides(config, spec.rope)
@@ -237,7 +230,7 @@ class HFAdapter(ModelAdapter):
         self.max_length = getattr(cfg, table) if table else None  # OPT's offset of 2 is transformers' business
         self.path = path
         # a GGUF model is its file: the run identity is the file's hash, not the conversion's
-        self.content_hash = file_sha256(self.source)[:16] if gguf else weights_hash(path)
+        self.content_hash = file_sha256(self.source)[:16] if path != self.source else weights_hash(path)
 
     def with_attention(self, attention: Attention) -> nn.Module:
         self.lm.config.lceval_attention = attention

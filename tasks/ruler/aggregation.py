@@ -22,7 +22,7 @@ import pydantic
 
 from lceval.errors import UserError
 from lceval.task import Length, Sample, Samples, Task, TrainingExample
-from lceval.tasks.ruler.common import PromptConfig, Wording, frame, pseudo_words, wording, wording_words
+from lceval.tasks.ruler.common import PromptConfig, Wording, frame, pseudo_words, wording, wording_words, words_of
 
 CWE_HEAD = "Below is a list of words ."
 CWE_QUESTION = ("Question : what are the {n} most common words in the list above ? "
@@ -46,25 +46,19 @@ FWE_WORDINGS = {
 }
 
 
-def _words_of(*templates: str) -> set[str]:
-    return {w for t in templates for w in t.split() if "{" not in w}
-
-
 class _WordCount(Task):
     """A list of made-up words, then a question whose answer is the n most frequent ones."""
 
     metric = "string_match_all"
     group_by = ()
     distance_key = None
-    HEAD: str
-    QUESTION: str
-    WORDINGS: dict[str, Wording]
+    WORDINGS: dict[str, Wording]  # "words": what the reference models are trained on; "natural"
 
     def n_answers(self) -> int:
         raise NotImplementedError
 
     def vocabulary(self):
-        fixed = _words_of(self.HEAD, self.QUESTION) | {".", "?", ":", str(self.n_answers())}
+        fixed = words_of(*self.WORDINGS["words"]) | {".", "?", ":", str(self.n_answers())}
         fixed |= wording_words(self.config, self.WORDINGS)
         return sorted(fixed) + self.words
 
@@ -157,7 +151,7 @@ class CommonWords(_WordCount):
     Config = CWEConfig
     config: CWEConfig
     max_new_tokens = 120  # RULER's budget for cwe
-    HEAD, QUESTION, WORDINGS = CWE_HEAD, CWE_QUESTION, CWE_WORDINGS
+    WORDINGS = CWE_WORDINGS
 
     def n_answers(self):
         return self.config.num_common
@@ -200,7 +194,7 @@ class FrequentWords(_WordCount):
     Config = FWEConfig
     config: FWEConfig
     max_new_tokens = 50  # RULER's budget for fwe
-    HEAD, QUESTION, WORDINGS = FWE_HEAD, FWE_QUESTION, FWE_WORDINGS
+    WORDINGS = FWE_WORDINGS
 
     def n_answers(self):
         return self.config.top

@@ -142,6 +142,11 @@ def wording(config: PromptConfig, tokenizer: TextTokenizer, builtin: dict[str, W
                         f"{', '.join('{' + k + '}' for k in fields)}, and {{context}})") from None
 
 
+def words_of(*texts: str) -> set[str]:
+    """The whitespace-separated words of template texts, placeholders left out."""
+    return {w for t in texts for w in t.split() if "{" not in w and "}" not in w}
+
+
 def wording_words(config: PromptConfig, builtin: dict[str, Wording]) -> set[str]:
     """The words a word-level tokenizer needs for the configured wording beyond the task's own (natural or a
     user's text; ``words`` and ``auto`` need none: auto picks words for word-level tokenizers)."""
@@ -151,7 +156,7 @@ def wording_words(config: PromptConfig, builtin: dict[str, Wording]) -> set[str]
         texts = list(builtin["natural"]) if config.template == "natural" else [config.template]
     if config.answer_prefix:
         texts.append(config.answer_prefix)
-    return {w for t in texts for w in t.split() if "{" not in w and "}" not in w}
+    return words_of(*texts)
 
 
 def frame(tokenizer: TextTokenizer, words: Wording) -> tuple[list[int], list[int]]:
