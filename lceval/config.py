@@ -389,7 +389,7 @@ def check_external(spec: ModelSpec, where: str) -> None:
         from lceval.models.hf import inspect_dir, position_of
 
         try:
-            raw = inspect_dir(spec.path)
+            raw = inspect_dir(spec.path, spec.trust_remote_code)
         except UserError as exc:
             raise ConfigError(f"{where}.path", str(exc)) from None
         if spec.rope is not None and position_of(raw) != "rotary":

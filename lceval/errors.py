@@ -10,4 +10,5 @@ class ConfigError(UserError):
 
     def __init__(self, path: str, message: str):
         self.path = path
+        self.message = message
         super().__init__(f"{path}: {message}" if path else message)

@@ -126,7 +126,14 @@ class Runner:
         if name not in self._adapters:
             spec = self.r.config.models[name]
             adapter = registry.models.get(spec.type)(spec, device=self._devices[name], progress=self.progress)
-            adapter.prepare()
+            try:
+                adapter.prepare()
+            except ConfigError as exc:  # a key under the model's spec: named from the config's root
+                raise ConfigError(f"models.{name}.{exc.path}" if exc.path else f"models.{name}", exc.message) from None
+            except UserError as exc:
+                if str(exc).startswith("models."):
+                    raise
+                raise ConfigError(f"models.{name}", str(exc)) from None
             self._adapters[name] = adapter
         return self._adapters[name]
 

@@ -77,6 +77,45 @@ def _safe_path(v: Path, info: pydantic.ValidationInfo) -> Path:
 #: file's folder when the config is validated with ``context={"base_dir": ...}`` (as ``lceval run`` does for tasks)
 SafePath = Annotated[Path, pydantic.AfterValidator(_safe_path)]
 
+
+class DataFile(pydantic.BaseModel):
+    """A task's data file, given in a config as a plain path and hashed when the config is validated.
+
+    The contents' sha256 is part of the task config's dump, so of the sample-cache key and of the run
+    identity: editing the file starts a new run with new samples, never scores old references or mixes
+    old and new data under one run id. Declare every file a task reads as a ``DataFile``.
+    """
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+    path: SafePath
+    sha256: str = pydantic.Field("", description="the file's contents; always recomputed, never trusted from input")
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _from_path(cls, v):
+        if isinstance(v, str | Path):
+            return {"path": v}
+        if isinstance(v, dict):  # a dumped config (a manifest's) carries the old hash: recompute it
+            return {k: x for k, x in v.items() if k != "sha256"}
+        return v
+
+    @pydantic.model_validator(mode="after")
+    def _hash(self):
+        try:
+            data = Path(self.path).read_bytes()
+        except FileNotFoundError:
+            raise ValueError(f"{self.path} not found; give an existing local file") from None
+        except OSError as exc:
+            raise ValueError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        self.__dict__["sha256"] = hashlib.sha256(data).hexdigest()[:16]
+        return self
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
 #: the longest context a task may ask for (2^24 tokens); larger values are a typo, not a study
 MAX_LENGTH = 1 << 24
 Length = pydantic.conint(gt=0, le=MAX_LENGTH)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from lceval.errors import UserError
+from lceval.errors import ConfigError, UserError
 
 SPECIALS = ["[PAD]", "[UNK]", "[BOS]"]
 _ANCHOR = "."  # a neighbour for encoding a piece as it appears mid-text (see TextTokenizer.piece)
@@ -192,7 +192,8 @@ class TextTokenizer:
         chat = None
         if chat_template:
             if not getattr(tokenizer, "chat_template", None):
-                raise UserError(f"{type(tokenizer).__name__} has no chat template; set chat_template: false")
+                raise ConfigError("chat_template", "the model's tokenizer has no chat template (no "
+                                  "chat_template in tokenizer_config.json or chat_template.jinja); set it to false")
 
             def render(content: str, tokenize: bool):
                 return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=tokenize,
@@ -206,9 +207,9 @@ class TextTokenizer:
             chat = (plain._encode(head), plain._mid_text(tail))
             probe = "Here"  # a message as tasks write one: pieces after a space
             if list(render(" " + probe, True)) != chat[0] + plain.piece(probe) + chat[1]:
-                raise UserError(f"{type(tokenizer).__name__}'s chat template does not tokenize the same around a "
-                                "message as on its own, so prompt lengths could not be exact; set chat_template: "
-                                "false and write the template's text into the task instead")
+                raise ConfigError("chat_template", "the model's chat template does not tokenize the same around "
+                                  "a message as on its own, so prompt lengths could not be exact; set it to false "
+                                  "and write the template's text into the task's template instead")
             end_ids = (*end_ids, *_end_of_turn(tokenizer))
         return cls(tokenizer, bos_id=tokenizer.bos_token_id, eos_id=tokenizer.eos_token_id,
                    name=type(tokenizer).__name__, chat=chat, end_of_turn=end_ids)

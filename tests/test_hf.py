@@ -325,3 +325,114 @@ def test_alignment_on_your_own_parallel_text_with_an_hf_model(hf_models, write_c
     full = {r["sample_id"]: r["meta"]["links"] for r in rows if r["attention"] == "full"}
     assert full == {r["sample_id"]: r["meta"]["links"] for r in rows if r["attention"] == "flash"}
     assert (tmp_path / "r" / "report" / "alignment_heads.csv").exists()
+
+
+def _damage(case: str, src: Path, dst: Path) -> Path:
+    """A copy of a saved model with one fault (the faults a careless or hostile user's directory has)."""
+    import json
+    import os
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    if case == "dir_symlink_loop":
+        os.symlink(dst.parent / "loop2", dst)
+        os.symlink(dst, dst.parent / "loop2")
+        return dst
+    shutil.copytree(src, dst)
+    weights, config = dst / "model.safetensors", dst / "config.json"
+
+    def tensors(edit):
+        t = load_file(weights)
+        edit(t)
+        save_file(t, weights, metadata={"format": "pt"})
+
+    def set_config(**kw):
+        c = json.loads(config.read_text())
+        c.update(kw)
+        config.write_text(json.dumps(c))
+
+    down = "model.layers.1.mlp.down_proj.weight"
+    {
+        "config_garbage": lambda: config.write_text("{garbage"),
+        "config_empty": lambda: config.write_text(""),
+        "config_array": lambda: config.write_text("[1, 2]"),
+        "config_no_model_type": lambda: config.write_text(json.dumps(
+            {k: v for k, v in json.loads(config.read_text()).items() if k != "model_type"})),
+        "config_symlink_loop": lambda: (config.unlink(), os.symlink(dst / "c2.json", config),
+                                        os.symlink(config, dst / "c2.json")),
+        "weights_truncated": lambda: weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2]),
+        "weights_not_safetensors": lambda: weights.write_bytes(b"PK\x03\x04 a zip, not safetensors"),
+        "weights_reshaped": lambda: tensors(lambda t: t.update({down: t[down][:, :32].contiguous()})),
+        "weights_missing": lambda: tensors(lambda t: t.pop(down)),
+        "weights_unexpected": lambda: tensors(lambda t: t.update({"model.layers.1.extra.weight": torch.zeros(3)})),
+        "tokenizer_missing": lambda: (dst / "tokenizer.json").unlink(),
+        "tokenizer_garbage": lambda: (dst / "tokenizer.json").write_text("{garbage"),
+        "custom_code_untrusted": lambda: (set_config(model_type="custom_llama", auto_map={
+            "AutoConfig": "custom_model.CustomConfig", "AutoModelForCausalLM": "custom_model.CustomModel"}),
+            (dst / "custom_model.py").write_text("raise SystemExit('remote code ran')\n")),
+    }[case]()
+    return dst
+
+
+@pytest.mark.parametrize("case,want", [
+    ("config_garbage", "config.json is not valid JSON"),
+    ("config_empty", "config.json is not valid JSON"),
+    ("config_array", "config.json holds a JSON list, not an object"),
+    ("config_no_model_type", "config.json has no model_type"),
+    ("config_symlink_loop", "config.json is a symlink loop"),
+    ("dir_symlink_loop", "is a symlink loop"),
+    ("weights_truncated", "model.safetensors is not a readable safetensors file"),
+    ("weights_not_safetensors", "model.safetensors is not a readable safetensors file"),
+    ("weights_reshaped", "wrong shape: model.layers.1.mlp.down_proj.weight (64, 32) where the config needs (64, 128)"),
+    ("weights_missing", "missing: model.layers.1.mlp.down_proj.weight"),
+    ("weights_unexpected", "unexpected: model.layers.1.extra.weight"),
+    ("tokenizer_missing", "holds no tokenizer"),
+    ("tokenizer_garbage", "tokenizer.json is not valid JSON"),
+    ("custom_code_untrusted", "runs only with trust_remote_code: true"),
+])
+def test_damaged_model_directories_are_one_line_errors(case, want, hf_models, write_config, tmp_path):
+    """Each fault ends in one line naming the key path and the file, exit 2, never random weights or a traceback,
+    and no run directory is left behind by a refusal."""
+    bad = _damage(case, hf_models["llama"], tmp_path / case)
+    cfg = {"run": {"name": "hf", "seed": 0}, "models": {"m": {"type": "hf", "path": str(bad)}},
+           "pairings": [{"model": "m", "attention": "flash"}],
+           "tasks": {"niah": {"lengths": [160], "depths": [0.5], "samples": 1}}}
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert res.exit_code == 2 and want in res.stderr and res.stderr.startswith("error: models.m"), res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert not read_rows(tmp_path / "r") if (tmp_path / "r").exists() else True
+
+
+def test_remote_code_and_templates_are_in_the_model_hash(hf_models, tmp_path):
+    import shutil
+
+    from lceval.models.hf import weights_hash
+
+    model = tmp_path / "m"
+    shutil.copytree(hf_models["llama"], model)
+    (model / "custom_model.py").write_text("X = 1\n")
+    before = weights_hash(model)
+    (model / "custom_model.py").write_text("X = 2\n")  # the code transformers would execute changed
+    middle = weights_hash(model)
+    (model / "chat_template.jinja").write_text("{{ messages }}")
+    assert len({before, middle, weights_hash(model)}) == 3
+
+
+def test_a_chat_template_that_is_missing_names_its_key(hf_models, write_config, tmp_path):
+    import json
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(hf_models["llama"], model)
+    cfg_file = model / "tokenizer_config.json"
+    tok_cfg = json.loads(cfg_file.read_text())
+    tok_cfg.pop("chat_template", None)
+    cfg_file.write_text(json.dumps(tok_cfg))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = {"run": {"name": "hf", "seed": 0}, "models": {"m": {"type": "hf", "path": str(model), "chat_template": True}},
+           "pairings": [{"model": "m", "attention": "flash"}],
+           "tasks": {"niah": {"lengths": [160], "depths": [0.5], "samples": 1}}}
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert res.exit_code == 2 and res.stderr.startswith("error: models.m.chat_template: the model's tokenizer has no"), \
+        res.output

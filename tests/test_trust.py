@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from click.testing import CliRunner
 
 from conftest import small_config
@@ -238,3 +240,73 @@ def test_rows_of_an_older_lceval_are_named_as_such(quickstart_rotary, write_conf
     assert res.exit_code == 2 and "older lceval" in res.stderr
     rep = CliRunner().invoke(main, ["report", str(out)])  # the report still reads them
     assert rep.exit_code == 0
+
+
+def _qa_config(tmp_path, content):
+    import yaml
+
+    data = tmp_path / "squad.json"
+    data.write_text(json.dumps(content) if not isinstance(content, str) else content)
+    cfg = {"run": {"name": "qa", "seed": 0},
+           "models": {"m": {"type": "reference", "checkpoint": "zoo:quickstart-rotary"}},
+           "pairings": [{"model": "m", "attention": "full"}],
+           "tasks": {"qa": {"path": "squad.json", "lengths": [256], "samples": 2}}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, data
+
+
+def _squad(answers):
+    return {"data": [{"paragraphs": [{"context": f"Paragraph {i} says the answer is {a} .",
+                                      "qas": [{"question": f"What does paragraph {i} say ?", "answers": [{"text": a}]}]}
+                                     for i, a in enumerate(answers)]}]}
+
+
+def test_an_edited_qa_file_is_a_new_run_with_new_samples(tmp_path):
+    """The qa file's contents are in the run identity and in the sample-cache key (a stale cache, a resume or
+    --retry-failed can never score the old references under the new data)."""
+    from lceval.config import load_config
+    from lceval.dataset import dataset_key
+    from lceval.registry import tasks
+    from lceval.runner import identity, run_id
+    from lceval.tokenizer import word_level
+
+    path, data = _qa_config(tmp_path, _squad(["red", "blue", "green"]))
+    first = load_config(path)
+    qa = tasks.get("qa")(first.tasks["qa"], seed=0)
+    tok = word_level(qa.vocabulary() + ["black", "white", "grey"])
+    before = (run_id(identity(first, None, {})), dataset_key(qa, tok, None), qa.items[0]["answers"])
+    data.write_text(json.dumps(_squad(["black", "white", "grey"])))  # every answer changed, same path
+    second = load_config(path)
+    qa2 = tasks.get("qa")(second.tasks["qa"], seed=0)
+    after = (run_id(identity(second, None, {})), dataset_key(qa2, tok, None), qa2.items[0]["answers"])
+    assert before[2] == ["red"] and after[2] == ["black"]
+    assert before[0] != after[0] and before[1] != after[1]
+    dumped = second.tasks["qa"].model_dump(mode="json")["path"]
+    assert dumped["path"] == str(data.resolve()) and len(dumped["sha256"]) == 16
+
+
+@pytest.mark.parametrize("content,want", [
+    ([1, 2, 3], "each HotpotQA example must be an object"),
+    ({"data": [{"paragraphs": [{"context": "c .", "qas": [{"question": "q ?", "answers": ["a", "b"]}]}]}]},
+     "answers must be a list of"),
+    ({"data": [{"paragraphs": [{"context": None, "qas": [{"question": "q ?", "answers": [{"text": "a"}]}]}]}]},
+     "context must be non-empty text"),
+    ([{"question": "q ?", "answer": "a", "context": None}], "context must be a list"),
+    ({"data": {"x": 1}}, "neither SQuAD nor HotpotQA"),
+    ("{", "is not JSON"),
+])
+def test_qa_file_faults_are_one_line_config_errors(tmp_path, content, want):
+    path, _ = _qa_config(tmp_path, content)
+    res = CliRunner().invoke(main, ["run", str(path), "--dry-run"])
+    assert res.exit_code == 2 and want in res.stderr and res.stderr.startswith("error: tasks.qa.path"), res.output
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_numeric_qa_answers_are_taken_as_text(tmp_path):
+    from lceval.tasks.ruler.qa import load_qa
+
+    path = tmp_path / "hotpot.json"
+    path.write_text(json.dumps([{"question": f"When was {i} ?", "answer": 1990 + i, "context": [["t", ["In", str(1990 + i)]]]}
+                                for i in range(2)]))
+    assert [it["answers"] for it in load_qa(path)] == [["1990"], ["1991"]]

@@ -32,7 +32,8 @@ from lceval.tokenizer import TextTokenizer
 
 IMPL = "lceval"
 PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "model.ckpt.index", "flax_model.msgpack")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+#: files that hold a tokenizer's vocabulary (tokenizer_config.json alone holds only settings)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 #: model types whose positions are learned absolute embeddings (the table's size is the limit)
 LEARNED = {"gpt2": "n_positions", "gpt_neo": "max_position_embeddings", "opt": "max_position_embeddings",
            "biogpt": "max_position_embeddings"}
@@ -45,7 +46,19 @@ def model_dir(path: Path) -> Path:
     """The Hugging Face directory behind ``path``: itself, or a GGUF file's cached conversion."""
     from lceval.models.gguf import converted_dir, is_gguf
 
+    _no_loop(Path(path))
     return converted_dir(Path(path)) if is_gguf(Path(path)) else Path(path)
+
+
+def _no_loop(path: Path) -> None:
+    """A symlink loop is named as one (a looping path otherwise reads as "missing", the wrong reason)."""
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 raises RuntimeError("Symlink loop ...")
+        raise UserError(f"{path} is a symlink loop; point `path` at the real directory or file") from None
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP
+            raise UserError(f"{path} is a symlink loop; point `path` at the real directory or file") from None
 
 
 def read_config(path: Path) -> dict:
@@ -56,10 +69,21 @@ def read_config(path: Path) -> dict:
         raise UserError(f"no model directory at {path}; `path` must be a local folder saved with save_pretrained "
                         "or a .gguf file")
     file = Path(path) / "config.json"
+    _no_loop(file)
     if not file.is_file():
         raise UserError(f"{path} holds no config.json; point `path` at a saved Hugging Face model directory "
                         "(model.save_pretrained(dir) writes one)")
-    return json.loads(file.read_text())
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{file} is not valid JSON ({exc}); rewrite it with model.config.save_pretrained(dir)") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{file} holds a JSON {type(raw).__name__}, not an object; rewrite it with "
+                        "model.config.save_pretrained(dir)")
+    if not raw.get("model_type"):
+        raise UserError(f"{file} has no model_type, so transformers cannot tell which model it is; rewrite it "
+                        "with model.config.save_pretrained(dir)")
+    return raw
 
 
 def position_of(config: dict) -> str:
@@ -74,21 +98,41 @@ def position_of(config: dict) -> str:
     return "unknown"
 
 
-def inspect_dir(path: Path) -> dict:
+def inspect_dir(path: Path, trust_remote_code: bool = False) -> dict:
     """A model directory's config.json, once it is known to be supported and loadable (else a one-line error)."""
     path = model_dir(path)
     raw = read_config(path)
     check_supported(raw)
+    check_code(path, raw, trust_remote_code)
     check_weights(path)
+    check_tokenizer(path)
     return raw
 
 
+def check_code(path: Path, raw: dict, trust_remote_code: bool) -> None:
+    """A model whose class is only in its own code (``auto_map``) needs ``trust_remote_code``: say so."""
+    from transformers import CONFIG_MAPPING
+
+    if raw.get("auto_map") and raw["model_type"] not in CONFIG_MAPPING and not trust_remote_code:
+        files = sorted(p.name for p in path.glob("*.py")) or ["the files its auto_map names"]
+        raise UserError(f"{path} defines its model in its own code ({', '.join(files)}), which runs only with "
+                        "trust_remote_code: true; set it if you trust that code, since loading executes it")
+
+
 def check_weights(path: Path) -> None:
-    """Safetensors only: a directory with only pickled weights is refused, never unpickled."""
-    if any(path.glob("*.safetensors")):
-        if not any((path / n).is_file() for n in TOKENIZER_FILES):
-            raise UserError(f"{path} holds no tokenizer ({' or '.join(TOKENIZER_FILES)}); save it beside the "
-                            "weights with tokenizer.save_pretrained(dir)")
+    """Safetensors only: a directory with only pickled weights is refused, never unpickled; each safetensors
+    file's header must read (a truncated or foreign file is named here, not deep inside transformers)."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = sorted(path.glob("*.safetensors"))
+    for file in weights:
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"{file} is not a readable safetensors file ({exc}); it may be truncated: copy or "
+                            "save it again") from None
+    if weights:
         return
     pickled = [p.name for p in path.iterdir() if p.name in PICKLED or p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
     if pickled:
@@ -96,6 +140,22 @@ def check_weights(path: Path) -> None:
                         "model files: convert them once where you trust them, with "
                         "model.save_pretrained(dir, safe_serialization=True)")
     raise UserError(f"{path} holds no *.safetensors weights; save the model with save_pretrained")
+
+
+def check_tokenizer(path: Path) -> None:
+    """A tokenizer's own files, not only its settings (tokenizer_config.json alone is no tokenizer)."""
+    import json
+
+    if not any((path / n).is_file() for n in TOKENIZER_FILES) and not any(path.glob("*.tiktoken")):
+        raise UserError(f"{path} holds no tokenizer ({' or '.join(TOKENIZER_FILES)}); save it beside the "
+                        "weights with tokenizer.save_pretrained(dir)")
+    file = path / "tokenizer.json"
+    if file.is_file():
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"{file} is not valid JSON ({exc}); save the tokenizer again with "
+                            "tokenizer.save_pretrained(dir)") from None
 
 
 def check_supported(config: dict) -> None:
@@ -210,16 +270,20 @@ class HFAdapter(ModelAdapter):
         spec = self.spec
         self.source = Path(spec.path)
         path = model_dir(self.source)  # a GGUF file's conversion, or the directory itself
-        raw = inspect_dir(path)
+        raw = inspect_dir(path, spec.trust_remote_code)
         register()
-        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=spec.trust_remote_code)
-        rope_overrides(config, spec.rope)
-        dtype = "auto" if spec.dtype == "auto" else DTYPES[spec.dtype]
-        self.lm = AutoModelForCausalLM.from_pretrained(
-            path, config=config, dtype=dtype, use_safetensors=True, local_files_only=True,
-            trust_remote_code=spec.trust_remote_code, attn_implementation=IMPL)
+        try:
+            config = AutoConfig.from_pretrained(path, local_files_only=True,
+                                                trust_remote_code=spec.trust_remote_code)
+            rope_overrides(config, spec.rope)
+            self.lm = load_weights(path, config, spec, progress=self.progress)
+            hf_tok = AutoTokenizer.from_pretrained(path, local_files_only=True,
+                                                   trust_remote_code=spec.trust_remote_code)
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError, ImportError) as exc:
+            if isinstance(exc, UserError):
+                raise
+            raise UserError(f"transformers cannot load the model at {path}: {last_line(exc)}") from None
         self.lm.eval().to(self.device)
-        hf_tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=spec.trust_remote_code)
         ends = getattr(getattr(self.lm, "generation_config", None), "eos_token_id", None)
         ends = tuple(ends) if isinstance(ends, list | tuple) else (() if ends is None else (ends,))
         self.tokenizer = TextTokenizer.from_hf(hf_tok, chat_template=spec.chat_template, end_ids=ends)
@@ -246,7 +310,60 @@ class HFAdapter(ModelAdapter):
                 "chat_template": self.spec.chat_template, "sha256": self.content_hash}
 
 
+#: what transformers may read or execute from a model directory: weights, configs (generation config
+#: included), tokenizer files, chat templates and ``trust_remote_code`` modules
+HASHED = (".safetensors", ".json", ".model", ".txt", ".jinja", ".py", ".tiktoken")
+
+
 def weights_hash(path: Path) -> str:
-    """sha256 over a directory's weights, config and tokenizer files (the run identity of an HF model)."""
-    return hash_files(f for f in sorted(Path(path).iterdir())
-                      if f.is_file() and f.suffix in (".safetensors", ".json", ".model", ".txt", ".jinja"))
+    """sha256 over every file of a directory that transformers may read or execute (the run identity of an
+    HF model): editing a remote-code module or a chat template is a different model."""
+    return hash_files(f for f in sorted(Path(path).iterdir()) if f.is_file() and f.suffix in HASHED)
+
+
+def last_line(exc: BaseException) -> str:
+    """An exception's message as one line (its last non-empty line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def load_weights(path: Path, config, spec, progress: bool = True) -> nn.Module:
+    """The model with every weight from the checkpoint: missing, unexpected or reshaped tensors are refused
+    (transformers would fill a missing one with random values and only log it), except the tied weights the
+    config declares, which transformers ties and never reports. transformers' own load report is silenced:
+    its findings are this function's error."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    dtype = "auto" if spec.dtype == "auto" else DTYPES[spec.dtype]
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        lm, info = AutoModelForCausalLM.from_pretrained(
+            path, config=config, dtype=dtype, use_safetensors=True, local_files_only=True,
+            trust_remote_code=spec.trust_remote_code, attn_implementation=IMPL, output_loading_info=True,
+            ignore_mismatched_sizes=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    problems = []
+    for what, keys in (("missing", info.get("missing_keys")), ("unexpected", info.get("unexpected_keys"))):
+        if keys:
+            problems.append(f"{what}: {_names(sorted(keys))}")
+    mismatched = info.get("mismatched_keys") or []
+    if mismatched:
+        problems.append("wrong shape: " + _names([f"{k[0]} {tuple(k[1])} where the config needs {tuple(k[2])}"
+                                                  if isinstance(k, tuple | list) and len(k) == 3 else str(k)
+                                                  for k in mismatched]))
+    if problems:
+        raise UserError(f"the weights in {path} do not match its config.json ({'; '.join(problems)}); lceval "
+                        "never runs a model with weights it did not load: save the model again with save_pretrained")
+    return lm
+
+
+def _names(keys: list[str], most: int = 4) -> str:
+    more = f" and {len(keys) - most} more" if len(keys) > most else ""
+    return ", ".join(keys[:most]) + more

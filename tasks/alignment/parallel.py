@@ -6,19 +6,19 @@ by spaces) and a gold file in Pharaoh format (one line per sentence pair, zero-b
         data: {source: data/en.txt, target: data/fr.txt, gold: data/en-fr.gold}
 
 Every problem is a one-line error naming the file and the line: a missing file, files of different
-lengths, an empty sentence, a malformed link, a link past the end of its sentence. The files' contents
-are hashed into the run identity, so editing them starts a new run rather than mixing results.
+lengths, an empty sentence, a malformed link, a link past the end of its sentence. Each file is a
+``DataFile``: its contents are hashed into the run identity, so editing them starts a new run rather
+than mixing results.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pydantic
 
 from lceval.errors import UserError
-from lceval.task import SafePath
+from lceval.task import DataFile
 from lceval.tasks.alignment.grammar import Pair
 from lceval.tasks.alignment.pharaoh import read_pharaoh
 
@@ -57,29 +57,18 @@ def load_pairs(source: Path, target: Path, gold: Path) -> list[Pair]:
 
 class ParallelData(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
-    source: SafePath = pydantic.Field(description="source sentences, one per line")
-    target: SafePath = pydantic.Field(description="their translations, one per line")
-    gold: SafePath = pydantic.Field(description="gold links per line, Pharaoh format (i-j sure, ipj possible)")
+    source: DataFile = pydantic.Field(description="source sentences, one per line")
+    target: DataFile = pydantic.Field(description="their translations, one per line")
+    gold: DataFile = pydantic.Field(description="gold links per line, Pharaoh format (i-j sure, ipj possible)")
     _pairs: list[Pair] = pydantic.PrivateAttr(default_factory=list)
-    _sha256: str = pydantic.PrivateAttr("")
 
     @pydantic.model_validator(mode="after")
     def _load(self):
         try:
-            self._pairs = load_pairs(self.source, self.target, self.gold)
+            self._pairs = load_pairs(self.source.path, self.target.path, self.gold.path)
         except UserError as exc:  # a ValueError becomes a config error naming tasks.alignment.data
             raise ValueError(str(exc)) from None
-        h = hashlib.sha256()
-        for p in (self.source, self.target, self.gold):
-            h.update(Path(p).read_bytes())
-        self._sha256 = h.hexdigest()[:16]  # once, when the files are loaded (not on every model_dump)
         return self
-
-    @pydantic.computed_field
-    @property
-    def sha256(self) -> str:
-        """The three files' contents (part of the run identity)."""
-        return self._sha256
 
     @property
     def pairs(self) -> list[Pair]:

@@ -10,14 +10,14 @@ Recorded: depth, realized_depth, needle_offsets (the gold paragraph), distance.
 
 from __future__ import annotations
 
+import functools
 import json
-from functools import cached_property
 from pathlib import Path
 
 import pydantic
 
 from lceval.errors import UserError
-from lceval.task import Length, SafePath, Sample, Samples, Task
+from lceval.task import DataFile, Length, Sample, Samples, Task
 from lceval.tasks.haystack import REPEAT_WORDS, pool_for
 from lceval.tasks.ruler.common import PromptConfig, Wording, assemble, fill, frame, wording, wording_words
 
@@ -25,35 +25,72 @@ HEAD = "Answer the question using the documents below ."
 QUESTION = "Question : {question} Answer :"
 
 
+def _text(value, what: str, where: str) -> str:
+    """A question, answer or paragraph as text: a string, or a number as JSON writes it (``1990``)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float) or not str(value).strip():
+        raise UserError(f"{where}: {what} must be non-empty text (or a number), got {json.dumps(value)[:40]}")
+    return str(value)
+
+
+def _squad(data: dict, path: Path) -> list[dict]:
+    items = []
+    for a, art in enumerate(data["data"]):
+        for p, para in enumerate(art["paragraphs"]):
+            where = f"{path} data[{a}].paragraphs[{p}]"
+            gold = _text(para.get("context"), "context", where)
+            for q, qa in enumerate(para["qas"]):
+                answers = qa.get("answers", [])
+                if not isinstance(answers, list) or not all(isinstance(x, dict) for x in answers):
+                    raise UserError(f"{where}.qas[{q}]: answers must be a list of {{\"text\": ...}} objects "
+                                    "(SQuAD layout)")
+                texts = [_text(x["text"], "an answer", f"{where}.qas[{q}]") for x in answers if x.get("text") != ""]
+                if texts:
+                    items.append({"question": _text(qa["question"], "question", f"{where}.qas[{q}]"),
+                                  "answers": texts, "gold": gold})
+    return items
+
+
+def _hotpot(data: list, path: Path) -> list[dict]:
+    items = []
+    for n, ex in enumerate(data):
+        where = f"{path} [{n}]"
+        if not isinstance(ex, dict):
+            raise UserError(f"{where}: each HotpotQA example must be an object with question, answer, context")
+        titles = {t for t, _ in ex.get("supporting_facts", [])}
+        context = ex["context"]
+        if not isinstance(context, list):
+            raise UserError(f"{where}: context must be a list of [title, [sentences]] (HotpotQA layout)")
+        paras = [" ".join(_text(x, "a sentence", where) for x in sents) for title, sents in context
+                 if title in titles or not titles]
+        items.append({"question": _text(ex["question"], "question", where),
+                      "answers": [_text(ex["answer"], "answer", where)],
+                      "gold": _text(" ".join(paras), "context", where)})
+    return items
+
+
 def load_qa(path: Path) -> list[dict]:
-    """[{question, answers: [str], gold: str}] from a SQuAD or HotpotQA JSON file."""
+    """[{question, answers: [str], gold: str}] from a SQuAD or HotpotQA JSON file.
+
+    Answers given as JSON numbers are accepted as their text (``1990`` -> ``"1990"``); any other non-text
+    value is an error naming its place in the file."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"tasks.qa.path: {path} not found; give a local SQuAD or HotpotQA JSON file") from None
+        raise UserError(f"{path} not found; give a local SQuAD or HotpotQA JSON file") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"tasks.qa.path: {path} is not JSON ({type(exc).__name__}); give a SQuAD or HotpotQA file") from None
-    items = []
+        raise UserError(f"{path} is not JSON ({type(exc).__name__}); give a SQuAD or HotpotQA file") from None
     try:
-        if isinstance(data, dict) and "data" in data:  # SQuAD
-            for art in data["data"]:
-                for para in art["paragraphs"]:
-                    for qa in para["qas"]:
-                        answers = [a["text"] for a in qa.get("answers", []) if a.get("text")]
-                        if answers:
-                            items.append({"question": qa["question"], "answers": answers, "gold": para["context"]})
-        elif isinstance(data, list):  # HotpotQA
-            for ex in data:
-                titles = {t for t, _ in ex.get("supporting_facts", [])}
-                paras = [" ".join(sents) for title, sents in ex["context"] if title in titles or not titles]
-                items.append({"question": ex["question"], "answers": [ex["answer"]], "gold": " ".join(paras)})
+        if isinstance(data, dict) and "data" in data:
+            items = _squad(data, path)
+        elif isinstance(data, list):
+            items = _hotpot(data, path)
         else:
             raise KeyError("data")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"tasks.qa.path: {path} is neither SQuAD nor HotpotQA layout (missing {exc}); "
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"{path} is neither SQuAD nor HotpotQA layout ({type(exc).__name__}: {exc}); "
                         "see the qa task's docstring") from None
     if len(items) < 2:
-        raise UserError(f"tasks.qa.path: {path} holds {len(items)} answerable questions; need at least 2")
+        raise UserError(f"{path} holds {len(items)} answerable questions; need at least 2")
     return items
 
 
@@ -65,10 +102,29 @@ WORDINGS = {
 
 
 class QAConfig(PromptConfig):
-    path: SafePath
+    path: DataFile = pydantic.Field(description="a SQuAD or HotpotQA JSON file (hashed into the run identity)")
     lengths: list[Length] = pydantic.Field(default=[256, 512], min_length=1)
     depths: list[pydantic.confloat(ge=0.0, le=1.0)] = pydantic.Field(default=[0.0, 0.5, 1.0], min_length=1)
     samples: Samples = 10
+
+    @pydantic.field_validator("path")
+    @classmethod
+    def _readable(cls, v: DataFile) -> DataFile:
+        try:  # read when the config is validated: a bad file is a config error before anything runs
+            _items(v.path, v.sha256)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @property
+    def items(self) -> list[dict]:
+        """The file's answerable questions (read once per content)."""
+        return _items(self.path.path, self.path.sha256)
+
+
+@functools.lru_cache(maxsize=8)
+def _items(path: Path, sha256: str) -> list[dict]:
+    return load_qa(path)
 
 
 class QA(Task):
@@ -83,9 +139,9 @@ class QA(Task):
     group_by = ("depth",)
     distance_key = "distance"
 
-    @cached_property
+    @property
     def items(self) -> list[dict]:
-        return load_qa(self.config.path)
+        return self.config.items
 
     def vocabulary(self):
         text = " ".join([HEAD, QUESTION, *REPEAT_WORDS, *wording_words(self.config, WORDINGS)] + [t for it in self.items

@@ -250,7 +250,7 @@ def test_parallel_data_in_a_config_is_checked_and_hashed(tmp_path):
     cfg = validate_task_config(Alignment, {"data": data}, "tasks.alignment")
     assert len(cfg.data.pairs) == 6 and "t'aime" in Alignment(cfg).vocabulary()
     dumped = cfg.model_dump(mode="json")["data"]
-    assert len(dumped["sha256"]) == 16  # the files' contents are part of the run identity
+    assert all(len(dumped[f]["sha256"]) == 16 for f in data)  # the files' contents are part of the run identity
     bad = tmp_path / "bad.gold"
     bad.write_text(gold.read_text().replace("0-0 1-0", "0-0 9-0"))
     with pytest.raises(ConfigError, match=r"tasks\.alignment\.data: .*bad.gold line 4: link 9-0 points past"):
@@ -277,7 +277,7 @@ def test_data_paths_are_relative_to_the_config_and_their_contents_are_in_the_run
     path = tmp_path / "cfg" / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     resolved = load_config(path)  # read from the config's folder, whatever the current directory
-    assert resolved.tasks["alignment"].data.source == (data / "en.txt").resolve()
+    assert resolved.tasks["alignment"].data.source.path == (data / "en.txt").resolve()
     first = run_id(identity(resolved, None, {}))
     gold = data / "en-fr.gold"
     gold.write_text(gold.read_text().replace("0-0 1-0", "0-0 1p0"))  # one link edited, same path
