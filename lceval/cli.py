@@ -70,13 +70,15 @@ def main():
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
               help="Override a config value, e.g. --set tasks.niah.samples=2 (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print the grid size and token estimate; run nothing.")
-@click.option("--limit", type=click.IntRange(min=1), help="At most N samples per grid cell.")
+@click.option("--limit", type=int, help="At most N samples per grid cell (N >= 1).")
 @click.option("--retry-failed", is_flag=True,
               help="Score again the rows whose status is error, oom or nonfinite (the new rows supersede them).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @user_errors
 def run(config, out, overrides, dry_run, limit, retry_failed, no_progress):
     """Run the grid in CONFIG and write the report."""
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1 (got {limit}); omit it to run every sample")
     from lceval.config import load_config
     from lceval.report import build_report
     from lceval.runner import Runner
@@ -124,7 +126,7 @@ def report(run_dir, threshold):
 
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory; pass the --out directory of an lceval run")
-    path = build_report(run_dir, threshold=threshold, workers="auto")
+    path = build_report(run_dir, threshold=threshold, workers="auto", warn=lambda line: click.echo(line, err=True))
     click.echo(f"report: {path}")
 
 

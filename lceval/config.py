@@ -279,6 +279,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         path, raw = item.split("=", 1)
         value = _yaml_value(item, raw)
         keys = path.strip().split(".")
+        if not all(keys):
+            raise UserError(f"--set {item!r}: the key path has an empty part; name the key, e.g. "
+                            "--set tasks.niah.samples=2")
         node: Any = data
         for i, key in enumerate(keys):
             last = i == len(keys) - 1
@@ -458,7 +461,9 @@ def validate(model_cls: type[pydantic.BaseModel], data: Any, where: str, context
         return model_cls.model_validate(data, context=context)
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper())]  # drop union tags
+        # drop union tags: a model's class name or a constrained type's label ("constrained-int", "literal['auto']")
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and (p[:1].isupper() or not p.isidentifier()
+                                                                      or p in TYPE_TAGS))]
         path = _join(where, loc)
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(model_cls, loc[:-1])
@@ -467,8 +472,13 @@ def validate(model_cls: type[pydantic.BaseModel], data: Any, where: str, context
         if err["type"] == "missing":
             raise ConfigError(path, "required key is missing") from None
         got = err.get("input")
-        shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
+        shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) and "(got " not in \
+            err["msg"] else ""
         raise ConfigError(path, f"{_lower(err['msg'])}{shown}") from None
+
+
+#: the tags pydantic puts in an error's location for a union member of a plain type (never a key of ours)
+TYPE_TAGS = {"int", "float", "str", "bool", "bytes", "list", "dict", "tuple", "set", "none"}
 
 
 def _lower(msg: str) -> str:

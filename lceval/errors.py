@@ -12,3 +12,9 @@ class ConfigError(UserError):
         self.path = path
         self.message = message
         super().__init__(f"{path}: {message}" if path else message)
+
+
+def last_line(exc: BaseException) -> str:
+    """An exception's message as one line (its last non-empty line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__

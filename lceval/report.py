@@ -35,7 +35,7 @@ import pandas as pd  # noqa: E402
 from lceval import registry  # noqa: E402
 from lceval.cores import core_count  # noqa: E402
 from lceval.errors import UserError  # noqa: E402
-from lceval.store import RESULTS, read_manifest, read_rows  # noqa: E402
+from lceval.store import RESULTS, read_manifest, rows_of_run  # noqa: E402
 
 Z95 = 1.959963984540054
 RAN = {"ok", "nonfinite", "oom", "error"}  # rows that count in a score (failed ones as 0)
@@ -70,10 +70,21 @@ def interval(scores: pd.Series) -> tuple[float, float]:
 
 
 # --- frames ----------------------------------------------------------------------------
-def load_frame(run_dir: Path) -> pd.DataFrame:
-    rows = read_rows(run_dir)
+def load_frame(run_dir: Path, run_id: str | None = None, warn=None) -> pd.DataFrame:
+    """The run's rows as a frame: only those of ``run_id`` (the manifest's) when it is known, saying through
+    ``warn`` how many rows of other runs were left out; without a manifest, rows of several runs are refused."""
+    rows, other = rows_of_run(run_dir, run_id)
+    if not rows and other:
+        raise UserError(f"{run_dir}: none of its rows belong to the run its manifest.json names ({run_id}); "
+                        "the manifest was replaced: run the config again into this --out")
     if not rows:
         raise UserError(f"{run_dir}: no results ({RESULTS} missing or empty); run `lceval run CONFIG --out {run_dir}` first")
+    if other and warn is not None:
+        warn(f"warning: {other} row(s) of another run id in {run_dir / RESULTS} were left out; the report uses "
+             f"the {len(rows)} rows of run {run_id}")
+    if run_id is None and len({r.get("run_id") for r in rows}) > 1:
+        raise UserError(f"{run_dir}: rows of {len({r.get('run_id') for r in rows})} different runs and no "
+                        "manifest.json to say which is this run's; move the rows of other runs out")
     return frame(rows)
 
 
@@ -454,13 +465,14 @@ def draw(figures: list[tuple], workers: int) -> None:
         _draw_one(job)
 
 
-def build_report(run_dir: Path, threshold: float | None = None, workers: int | str = 1) -> Path:
+def build_report(run_dir: Path, threshold: float | None = None, workers: int | str = 1, warn=None) -> Path:
     """Write ``report/`` inside the run directory; returns the summary path.
 
     ``threshold`` (percent) overrides the run's ``report.threshold`` for this report. With ``workers`` > 1 (or
     "auto": the run's ``run.threads`` rule, as the CLI passes) and at least ``PARALLEL_FIGURES`` figures, the
     figures are drawn in that many fresh processes. Those import the caller's main module, so a script that calls
-    this with workers needs the ``if __name__ == "__main__":`` guard; the default draws here.
+    this with workers needs the ``if __name__ == "__main__":`` guard; the default draws here. Only the rows of
+    the manifest's run id are reported; ``warn`` (a callable taking a line) hears how many others were left out.
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)  # a damaged manifest only loses the report's labels, never the rows
@@ -468,7 +480,7 @@ def build_report(run_dir: Path, threshold: float | None = None, workers: int | s
     rep_cfg = manifest.get("config", {}).get("report", {})
     threshold = float(threshold if threshold is not None else rep_cfg.get("threshold", 85.6))
     bins = int(rep_cfg.get("distance_bins", 8))
-    df = load_frame(run_dir)
+    df = load_frame(run_dir, manifest.get("run_id"), warn)
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     rounded(df.drop(columns=["ran", "value"])).to_csv(out / "results.csv", index=False)

@@ -56,12 +56,31 @@ def read_rows(run_dir: Path, warn=None) -> list[dict]:
     return list(latest_rows(run_dir, warn).values())
 
 
-def latest_rows(run_dir: Path, warn=None) -> dict[tuple, dict]:
-    """``read_rows`` keyed by (pairing, task, sample_id), in first-seen order."""
+def latest_rows(run_dir: Path, warn=None, run_id: str | None = None) -> dict[tuple, dict]:
+    """``read_rows`` keyed by (pairing, task, sample_id), in first-seen order; with ``run_id``, only rows of
+    that run (a row of another run never supersedes one of this run)."""
+    rows: dict[tuple, dict] = {}
+    for row in _rows(run_dir, warn):
+        if run_id is None or row.get("run_id") == run_id:
+            rows[row_key(row)] = row
+    return rows
+
+
+def rows_of_run(run_dir: Path, run_id: str | None, warn=None) -> tuple[list[dict], int]:
+    """The latest rows of ``run_id`` and how many rows of other run ids were left out. Rows written before rows
+    carried run ids all count (when none carries one); ``run_id=None`` takes every row."""
+    every = list(_rows(run_dir, warn))
+    if run_id is None or not any("run_id" in r for r in every):
+        return read_rows(run_dir, warn), 0
+    other = sum(r.get("run_id") != run_id for r in every)
+    return list(latest_rows(run_dir, warn, run_id).values()), other
+
+
+def _rows(run_dir: Path, warn=None):
+    """Every complete row line in file order; lines that are not rows are quarantined once, with a warning."""
     path = Path(run_dir) / RESULTS
     if not path.exists():
-        return {}
-    rows: dict[tuple, dict] = {}
+        return
     bad: list[bytes] = []
     with path.open("rb") as f:
         for line in f:
@@ -77,7 +96,7 @@ def latest_rows(run_dir: Path, warn=None) -> dict[tuple, dict]:
             if not is_row(row):
                 bad.append(line)
                 continue
-            rows[row_key(row)] = row
+            yield row
     if bad and (str(path), len(bad)) not in _WARNED:
         _WARNED.add((str(path), len(bad)))  # said once per process, however often the rows are read
         side = Path(run_dir) / QUARANTINE
@@ -87,7 +106,6 @@ def latest_rows(run_dir: Path, warn=None) -> dict[tuple, dict]:
         except OSError:
             where = "left in place"
         (warn or _stderr)(f"warning: {len(bad)} line(s) of {path} are not result rows; skipped ({where})")
-    return rows
 
 
 def _stderr(message: str) -> None:

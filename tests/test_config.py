@@ -204,3 +204,44 @@ def test_config_fuzzer_never_tracebacks(write_config):
             assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("error: "), res.stderr
         outcomes[res.exit_code] += 1
     assert outcomes[2] > 60  # the mutations are mostly invalid, and every one is refused cleanly
+
+
+@pytest.mark.parametrize("args,want", [
+    (["--set", "run.threads=0"], "error: run.threads: input should be greater than 0 (got 0)"),
+    (["--set", "=1"], "error: --set '=1': the key path has an empty part"),
+    (["--set", "tasks..samples=1"], "error: --set 'tasks..samples=1': the key path has an empty part"),
+    (["--limit", "0"], "error: --limit must be at least 1 (got 0)"),
+    (["--set", "models.m={type: module, factory: 'not a ref'}"],
+     "error: models.m.factory: must be package.module:callable, e.g. mypkg.models:build (got 'not a ref')"),
+])
+def test_messages_name_the_key_exactly_once(write_config, args, want):
+    res = CliRunner().invoke(main, ["run", str(write_config(BASE)), "--dry-run", *args])
+    err = res.stderr.strip()
+    assert res.exit_code == 2 and len(err.splitlines()) == 1 and err.startswith(want), err
+    assert err.count("(got") <= 1 and "constrained" not in err
+
+
+def _module(tmp_path, monkeypatch, name, source):
+    import sys
+
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("source,options,want", [
+    ("def build(:\n", {}, "models.m.factory: badfactory has a syntax error"),
+    ("raise RuntimeError('no GPU here\\nreally none')\n", {}, "models.m.factory: importing badfactory raised "
+                                                                 "RuntimeError: really none"),
+    ("def build():\n    raise ValueError('weights not found\\nat /x')\n", {},
+     "models.m.factory: badfactory:build raised ValueError: at /x"),
+    ("def build(size):\n    return None\n", {"depth": 2}, "models.m.options: badfactory:build cannot be called with "
+                                                           "['depth']"),
+])
+def test_a_broken_module_factory_is_one_line(write_config, tmp_path, monkeypatch, source, options, want):
+    _module(tmp_path, monkeypatch, "badfactory", source)
+    cfg = copy.deepcopy(BASE)
+    cfg["models"] = {"m": {"type": "module", "factory": "badfactory:build", "options": options}}
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--no-progress"])
+    err = res.stderr.strip()
+    assert res.exit_code == 2 and len(err.splitlines()) == 1 and err.startswith(f"error: {want}"), res.output

@@ -310,3 +310,21 @@ def test_numeric_qa_answers_are_taken_as_text(tmp_path):
     path.write_text(json.dumps([{"question": f"When was {i} ?", "answer": 1990 + i, "context": [["t", ["In", str(1990 + i)]]]}
                                 for i in range(2)]))
     assert [it["answers"] for it in load_qa(path)] == [["1990"], ["1991"]]
+
+
+def test_report_uses_the_manifests_run_only(quickstart_rotary, write_config, tmp_path):
+    cfg = write_config(tiny(quickstart_rotary))
+    out = tmp_path / "r"
+    assert run([cfg, "--out", out]).exit_code == 0
+    before = (out / "report" / "cells.csv").read_text()
+    rows = (out / "results.jsonl").read_text().splitlines()
+    alien = json.loads(rows[0])
+    alien.update(run_id="0123456789abcdef", score=0.0, correct=False, prediction="wrong")
+    with (out / "results.jsonl").open("a") as f:
+        f.write(json.dumps(alien) + "\n")  # a row of another run, appended by hand
+    rep = CliRunner().invoke(main, ["report", str(out)])
+    assert rep.exit_code == 0 and "1 row(s) of another run id" in rep.stderr and "the 8 rows of run" in rep.stderr
+    assert (out / "report" / "cells.csv").read_text() == before  # the score is the run's own
+    (out / "manifest.json").unlink()
+    rep = CliRunner().invoke(main, ["report", str(out)])
+    assert rep.exit_code == 2 and "rows of 2 different runs and no manifest.json" in rep.stderr

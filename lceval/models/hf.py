@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from lceval.attention import Attention
-from lceval.errors import UserError
+from lceval.errors import UserError, last_line
 from lceval.models.adapters import DTYPES, ModelAdapter, hash_files
 from lceval.tokenizer import TextTokenizer
 
@@ -319,12 +319,6 @@ def weights_hash(path: Path) -> str:
     """sha256 over every file of a directory that transformers may read or execute (the run identity of an
     HF model): editing a remote-code module or a chat template is a different model."""
     return hash_files(f for f in sorted(Path(path).iterdir()) if f.is_file() and f.suffix in HASHED)
-
-
-def last_line(exc: BaseException) -> str:
-    """An exception's message as one line (its last non-empty line)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
 
 
 def load_weights(path: Path, config, spec, progress: bool = True) -> nn.Module:

@@ -32,7 +32,7 @@ from typing import Protocol, runtime_checkable
 from torch import Tensor, nn
 
 from lceval.attention import Attention
-from lceval.errors import UserError
+from lceval.errors import ConfigError, UserError, last_line
 from lceval.models.adapters import DTYPES, ModelAdapter
 from lceval.tokenizer import TextTokenizer
 
@@ -68,10 +68,33 @@ def load_factory(ref: str):
         mod = importlib.import_module(mod_name)
     except ImportError as exc:
         raise UserError(f"cannot import {mod_name!r} ({exc}); install the package or put it on PYTHONPATH") from None
+    except SyntaxError as exc:
+        raise UserError(f"{mod_name} has a syntax error ({exc.filename} line {exc.lineno}: {exc.msg}); fix the "
+                        "module") from None
+    except Exception as exc:  # the module's own code failed while importing: its error, in one line
+        raise UserError(f"importing {mod_name} raised {type(exc).__name__}: {last_line(exc)}; fix the module") from None
     fn = getattr(mod, attr, None)
     if not callable(fn):
         raise UserError(f"{mod_name} has no callable {attr!r}")
     return fn
+
+
+def call_factory(fn, ref: str, options: dict):
+    """``fn(**options)``; options the factory does not take, or an exception it raises, become one-line errors
+    (keys ``options`` and ``factory``) with the exception's last line."""
+    try:
+        inspect.signature(fn).bind(**options)
+    except TypeError as exc:
+        raise ConfigError("options", f"{ref} cannot be called with {sorted(options) or 'no options'}: {exc}; "
+                          "make the options match the factory's parameters") from None
+    except ValueError:  # no signature to check (a builtin): the call itself says
+        pass
+    try:
+        return fn(**options)
+    except (KeyboardInterrupt, UserError):
+        raise
+    except Exception as exc:
+        raise ConfigError("factory", f"{ref} raised {type(exc).__name__}: {last_line(exc)}") from None
 
 
 class ModuleAdapter(ModelAdapter):
@@ -83,7 +106,7 @@ class ModuleAdapter(ModelAdapter):
         if getattr(self, "built", None) is not None:
             return
         fn = load_factory(self.spec.factory)
-        built = fn(**self.spec.options)
+        built = call_factory(fn, self.spec.factory, self.spec.options)
         if not isinstance(built, ModuleModel):
             raise UserError(f"{self.spec.factory} returned {type(built).__name__}; it must return "
                             "lceval.models.module.ModuleModel(model=..., tokenizer=...)")
