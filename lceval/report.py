@@ -474,6 +474,15 @@ def build_report(run_dir: Path, threshold: float | None = None, workers: int | s
     this with workers needs the ``if __name__ == "__main__":`` guard; the default draws here. Only the rows of
     the manifest's run id are reported; ``warn`` (a callable taking a line) hears how many others were left out.
     """
+    try:
+        return _write_report(Path(run_dir), threshold, workers, warn)
+    except OSError as exc:  # a full disk while drawing a figure names no file: name the report folder
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(Path(run_dir) / "report")) from None
+        raise
+
+
+def _write_report(run_dir: Path, threshold: float | None, workers: int | str, warn) -> Path:
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)  # a damaged manifest only loses the report's labels, never the rows
     run_cfg = manifest.get("config", {}).get("run", {})

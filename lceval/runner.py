@@ -26,7 +26,7 @@ from lceval.dataset import cached_samples
 from lceval.errors import ConfigError, UserError
 from lceval.models.adapters import ModelAdapter
 from lceval.scoring import score_batch, uses_teacher_forcing
-from lceval.store import ResultsStore, package_versions
+from lceval.store import ResultsStore, package_versions, write_atomic
 from lceval.task import Sample
 
 OK, NONFINITE, OOM, ERROR = "ok", "nonfinite", "oom", "error"
@@ -200,7 +200,7 @@ class Runner:
                          "limit": self.limit, "run_id": self.run_id, "identity": ident,
                          "pairings": [p.model_dump(mode="json") for p in self.r.pairings],
                          "tasks": {name: t.describe() for name, t in self._tasks.items()}})
-            (Path(out_dir) / "models.json").write_text(json.dumps(models, indent=2) + "\n")
+            write_atomic(Path(out_dir) / "models.json", json.dumps(models, indent=2) + "\n")
             statuses = store.status_of()
             self._redo = {k for k, st in statuses.items() if st in FAILED} if self.retry_failed else set()
             summary.skipped_done = len(store.done) - len(self._redo)

@@ -11,6 +11,8 @@
   deleted or edited manifest cannot mix two runs in one table.
 * ``manifest.json``: resolved config, seed, package versions, git commit, and
   the identity behind the run id (what a refusal compares to say what changed).
+* ``identities/<run_id>.json``: each run id's identity, written once, so a
+  refusal can say what changed even after the manifest was deleted or edited.
 * Lines that are not rows (garbage, NUL bytes, valid JSON of another shape) are
   copied to ``results.quarantine.jsonl``, reported once, and skipped.
 * ``.lock``: an exclusive ``flock`` held for the whole command (the report
@@ -34,7 +36,20 @@ from lceval.errors import UserError
 
 SCHEMA = "lceval-results/2"
 RESULTS, MANIFEST, LOCK, QUARANTINE = "results.jsonl", "manifest.json", ".lock", "results.quarantine.jsonl"
+IDENTITIES = "identities"
 ROW_KEYS = ("pairing", "task", "sample_id", "status")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file and a rename: readers see the old or the new file, never half.
+    A failure (a full disk) removes the temporary file and names ``path`` in the error."""
+    tmp = Path(path).with_suffix(".tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
 
 
 def row_key(row: dict) -> tuple[str, str, str]:
@@ -234,7 +249,7 @@ class ResultsStore:
             if all("run_id" not in r for r in foreign):
                 what = "they were written by an older lceval, before rows carried a run id"
             else:
-                what = describe_change(old.get("identity", {}), manifest.get("identity", {}))
+                what = describe_change(self._identity_of(foreign, old), manifest.get("identity", {}))
             self.close()
             raise UserError(f"{self.dir} holds {len(foreign)} rows from a different run ({what}); pass a new --out "
                             f"to start another run, or delete the directory to start over")
@@ -246,11 +261,22 @@ class ResultsStore:
         self._write_manifest(fresh)
         self._f = (self.dir / RESULTS).open("a")
 
+    def _identity_of(self, foreign: list[dict], manifest: dict) -> dict:
+        """The identity the foreign rows were written under: its own file, else the manifest's if it names the
+        same run id ({} when neither survives)."""
+        ids = [r["run_id"] for r in foreign if isinstance(r.get("run_id"), str)]
+        theirs = max(set(ids), key=ids.count) if ids else None
+        try:
+            return json.loads((self.dir / IDENTITIES / f"{theirs}.json").read_text())
+        except (OSError, ValueError, TypeError):
+            return manifest.get("identity", {}) if manifest.get("run_id") == theirs else {}
+
     def _write_manifest(self, manifest: dict) -> None:
-        path = self.dir / MANIFEST
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-        tmp.replace(path)
+        write_atomic(self.dir / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
+        run_id, ident = manifest.get("run_id"), manifest.get("identity")
+        if isinstance(run_id, str) and ident is not None and not (self.dir / IDENTITIES / f"{run_id}.json").exists():
+            (self.dir / IDENTITIES).mkdir(exist_ok=True)
+            write_atomic(self.dir / IDENTITIES / f"{run_id}.json", json.dumps(ident, sort_keys=True) + "\n")
 
     def _repair_tail(self) -> None:
         """Cut a torn last line (from a kill mid-write) so appends start clean."""

@@ -115,3 +115,60 @@ def test_missing_ray_is_a_clear_error(quickstart_rotary, write_config, tmp_path,
     res = run_cli([cfg, "--out", tmp_path / "r"])
     assert res.exit_code == 2 and "pip install -e '.[ray]'" in res.output and "run.executor" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_a_worker_the_cluster_cannot_place_is_refused_not_waited_for(quickstart_rotary, write_config, tmp_path):
+    """num_gpus_per_worker: 1 on a machine without GPUs used to wait forever with no output."""
+    if ray.is_initialized():
+        ray.shutdown()
+    _, cfg = configs(quickstart_rotary, write_config, num_gpus_per_worker=1 if not _gpus() else 10**3)
+    start = time.time()
+    res = run_cli([cfg, "--out", tmp_path / "r"])
+    assert res.exit_code == 2 and "error: run.ray.num_gpus_per_worker: each worker asks for" in res.stderr, res.output
+    assert "GPU" in res.stderr and len(res.stderr.strip().splitlines()) == 1 and time.time() - start < 120
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def test_no_cluster_at_auto_is_a_config_error(quickstart_rotary, write_config, tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if ray.is_initialized():
+        ray.shutdown()
+    _, cfg = configs(quickstart_rotary, write_config)
+    cfg.write_text(cfg.read_text().replace("address: local", "address: auto"))
+    res = run_cli([cfg, "--out", tmp_path / "r"])
+    assert res.exit_code == 2 and res.stderr.startswith("error: run.ray.address: no Ray cluster answers at 'auto'")
+    assert "cannot use a file" not in res.stderr
+
+
+def _ray_processes(pids: set[int]) -> set[int]:
+    return {p for p in pids if os.path.exists(f"/proc/{p}")}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="the reaper reads /proc (Linux)")
+def test_ray_processes_go_with_a_killed_driver(quickstart_rotary, write_config, tmp_path):
+    """kill -9 of the driver alone (not its group): the Ray instance it started is gone within seconds."""
+    from lceval.executors.reaper import descendants
+
+    _, cfg = configs(quickstart_rotary, write_config, max_workers=1)
+    out = tmp_path / "ray"
+    cmd = [sys.executable, "-m", "lceval.cli", "run", str(cfg), "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    results = out / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if results.exists() and len(results.read_bytes().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    ray_pids = set(descendants(proc.pid))
+    assert len(ray_pids) >= 3  # gcs, raylet, a worker, the reaper
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while _ray_processes(ray_pids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _ray_processes(ray_pids), [open(f"/proc/{p}/cmdline").read() for p in _ray_processes(ray_pids)]

@@ -44,8 +44,12 @@ def test_rows_are_verified_without_trusting_the_manifest(quickstart_rotary, writ
     out = tmp_path / "r"
     assert run([cfg, "--out", out]).exit_code == 0
     (out / "manifest.json").unlink()
+    res = run([cfg, "--out", out, "--set", "run.seed=5"])  # the run's identity file still says what changed
+    assert res.exit_code == 2 and "different run (config run.seed)" in res.stderr, res.stderr
+    shutil.move(out / "identities", tmp_path / "identities")
     res = run([cfg, "--out", out, "--set", "run.seed=5"])
     assert res.exit_code == 2 and "different run" in res.stderr and "manifest is missing" in res.stderr
+    shutil.move(tmp_path / "identities", out / "identities")
     res = run([cfg, "--out", out])  # the same config resumes: the rows carry its run id
     assert res.exit_code == 0 and "is complete" in res.output
     manifest = json.loads((out / "manifest.json").read_text())
@@ -53,7 +57,7 @@ def test_rows_are_verified_without_trusting_the_manifest(quickstart_rotary, writ
     manifest["config"]["run"]["seed"] = 5
     (out / "manifest.json").write_text(json.dumps(manifest))
     res = run([cfg, "--out", out, "--set", "run.seed=5"])  # an edited manifest does not make seed-0 rows seed 5
-    assert res.exit_code == 2 and "different run" in res.stderr
+    assert res.exit_code == 2 and "different run (config run.seed)" in res.stderr
     (out / "manifest.json").write_text("{not json")
     res = run([cfg, "--out", out])
     assert res.exit_code == 0 and json.loads((out / "manifest.json").read_text())["seed"] == 0
@@ -328,3 +332,23 @@ def test_report_uses_the_manifests_run_only(quickstart_rotary, write_config, tmp
     (out / "manifest.json").unlink()
     rep = CliRunner().invoke(main, ["report", str(out)])
     assert rep.exit_code == 2 and "rows of 2 different runs and no manifest.json" in rep.stderr
+
+
+@pytest.mark.parametrize("size", ["4k", "8k", "64k"])
+def test_a_full_disk_names_the_file_and_leaves_no_temporary(quickstart_rotary, write_config, tmp_path, size):
+    """Wherever the disk fills (the manifest, the identity, the report's figures), the one line names a path
+    inside the run directory and no half-written temporary file stays behind."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    if not _tmpfs(disk, size):
+        pytest.skip("mounting a small tmpfs needs privileges this machine does not give")
+    try:
+        res = run([write_config(tiny(quickstart_rotary)), "--out", disk / "r"])
+        err = res.stderr.strip()
+        assert res.exit_code == 2 and "no space left on device (ENOSPC)" in err and len(err.splitlines()) == 1, err
+        assert f"cannot use {disk / 'r'}/" in err and "cannot use a file" not in err
+        assert not list((disk / "r").rglob("*.tmp"))
+    finally:
+        if subprocess.run(["umount", str(disk)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)

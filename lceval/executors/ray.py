@@ -25,6 +25,7 @@ import os
 
 from lceval.errors import ConfigError, UserError
 from lceval.executors import Progress
+from lceval.executors import reaper as reaping
 
 
 def _ray():
@@ -72,18 +73,24 @@ def run_on_ray(runner, store, bar, summary) -> None:
     """Score every pending unit of ``runner``'s grid on Ray actors; append rows to ``store`` as units finish."""
     ray = _ray()
     spec = runner.r.config.run.ray
-    started_here = False
+    started_here, reaper = False, None
     if not ray.is_initialized():
         if spec.address == "local":  # workers inherit this process's environment ($LCEVAL_CACHE included)
+            reaper = reaping.start()  # kills what is left of the instance if this process is killed
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         else:
-            ray.init(address=spec.address, include_dashboard=False, log_to_driver=False)
+            try:
+                ray.init(address=spec.address, include_dashboard=False, log_to_driver=False)
+            except ConnectionError as exc:
+                raise ConfigError("run.ray.address", f"no Ray cluster answers at {spec.address!r} ({exc}); start "
+                                  "one with `ray start --head`, or use address: local") from None
         started_here = True
     try:
         units = [u for p in runner.r.pairings for u in runner.plan(p, store)]
         if not units:
             return
         resources = ray.cluster_resources()
+        check_resources(spec, resources)
         by_cpu = int(resources.get("CPU", 1) // spec.num_cpus_per_worker)
         by_gpu = int(resources.get("GPU", 0) // spec.num_gpus_per_worker) if spec.num_gpus_per_worker else by_cpu
         n = max(1, min(spec.max_workers or by_cpu, by_cpu, by_gpu, len(units)))
@@ -114,3 +121,15 @@ def run_on_ray(runner, store, bar, summary) -> None:
     finally:
         if started_here:
             ray.shutdown()
+        if reaper is not None:
+            reaping.finish(reaper)
+
+
+def check_resources(spec, resources: dict) -> None:
+    """A worker the cluster can never place would wait forever: refuse it with the numbers instead."""
+    for key, want in (("GPU", spec.num_gpus_per_worker), ("CPU", spec.num_cpus_per_worker)):
+        have = resources.get(key, 0)
+        if want and want > have:
+            name = f"num_{key.lower()}s_per_worker"
+            raise ConfigError(f"run.ray.{name}", f"each worker asks for {want:g} {key}(s) but the Ray cluster has "
+                              f"{have:g}; lower {name}" + (" to 0 or add GPU nodes" if key == "GPU" else ""))
