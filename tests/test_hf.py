@@ -341,6 +341,13 @@ def _damage(case: str, src: Path, dst: Path) -> Path:
         return dst
     shutil.copytree(src, dst)
     weights, config = dst / "model.safetensors", dst / "config.json"
+    if case == "weights_missing_shard":
+        from transformers import AutoModelForCausalLM
+
+        weights.unlink()
+        AutoModelForCausalLM.from_pretrained(src).save_pretrained(dst, max_shard_size="40KB")
+        sorted(dst.glob("model-*.safetensors"))[1].unlink()
+        return dst
 
     def tensors(edit):
         t = load_file(weights)
@@ -387,6 +394,7 @@ def _damage(case: str, src: Path, dst: Path) -> Path:
     ("weights_reshaped", "wrong shape: model.layers.1.mlp.down_proj.weight (64, 32) where the config needs (64, 128)"),
     ("weights_missing", "missing: model.layers.1.mlp.down_proj.weight"),
     ("weights_unexpected", "unexpected: model.layers.1.extra.weight"),
+    ("weights_missing_shard", "weight shards its index names (model-00002-of-"),
     ("tokenizer_missing", "holds no tokenizer"),
     ("tokenizer_garbage", "tokenizer.json is not valid JSON"),
     ("custom_code_untrusted", "runs only with trust_remote_code: true"),

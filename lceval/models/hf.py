@@ -125,6 +125,19 @@ def check_weights(path: Path) -> None:
     from safetensors import SafetensorError, safe_open
 
     weights = sorted(path.glob("*.safetensors"))
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        import json
+
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"{index} is not a safetensors index ({type(exc).__name__}); save the model again with "
+                            "save_pretrained") from None
+        missing = [name for name in shards if not (path / name).is_file()]
+        if missing:
+            raise UserError(f"{path} lacks {len(missing)} of the {len(shards)} weight shards its index names "
+                            f"({', '.join(missing[:3])}); copy the whole directory again")
     for file in weights:
         try:
             with safe_open(file, framework="pt"):
