@@ -36,7 +36,8 @@ def main() -> None:
 
     import ray
 
-    from lceval.config import resolve
+    from lceval.resolve import resolve
+    from lceval.executors import executor_for
     from lceval.runner import Runner
     from lceval.store import ResultsStore
 
@@ -48,15 +49,15 @@ def main() -> None:
             runner = Runner(resolve(grid(root, executor, args.lengths, args.samples, args.workers), root),
                             progress=False)
             runner.adapter("m")
-            for name in runner._tasks:  # fill the dataset cache outside the timed region
+            for name in runner.tasks:  # fill the dataset cache outside the timed region
                 runner.samples(name, runner.adapter("m"))
             t0 = time.perf_counter()
-            summary = runner.run(root / executor)
+            summary = runner.run(root / executor, executor_for(runner.config.run))
             times[executor] = time.perf_counter() - t0
             if executor == "local":
                 with ResultsStore(root / "plan") as store:
-                    units = sum(len(runner.plan(p, store)) for p in runner.r.pairings)
-                    sample_unit = runner.plan(runner.r.pairings[0], store)[-1]
+                    units = sum(len(runner.plan(p, store)) for p in runner.resolved.pairings)
+                    sample_unit = runner.plan(runner.resolved.pairings[0], store)[-1]
             print(f"{executor:>5}: {summary.written} rows in {times[executor]:7.2f} s", flush=True)
 
         ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)

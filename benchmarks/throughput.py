@@ -54,7 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
-    from lceval.config import resolve
+    from lceval.resolve import resolve
     from lceval.runner import Runner
     from lceval.store import read_rows
 
@@ -72,7 +72,7 @@ def main() -> None:
         runner.run(root / "timed")
         harness = time.perf_counter() - t0
         rows = read_rows(root / "timed")
-        samples = {s.id: s for name in runner._tasks for s in runner.samples(name, runner.adapter("m"))}
+        samples = {s.id: s for name in runner.tasks for s in runner.samples(name, runner.adapter("m"))}
         inputs = [samples[r["sample_id"]].input_ids + samples[r["sample_id"]].answer_ids for r in rows]
         tokens = sum(len(x) for x in inputs)
 

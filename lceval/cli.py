@@ -79,7 +79,8 @@ def run(config, out, overrides, dry_run, limit, retry_failed, no_progress):
     """Run the grid in CONFIG and write the report."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1 (got {limit}); omit it to run every sample")
-    from lceval.config import load_config
+    from lceval.resolve import load_config
+    from lceval.executors import executor_for
     from lceval.report import build_report
     from lceval.runner import Runner
 
@@ -88,7 +89,7 @@ def run(config, out, overrides, dry_run, limit, retry_failed, no_progress):
     out = out or Path("runs") / resolved.config.run.name
     runner.preflight()  # what a run would refuse at start is refused now, before anything is written
     if dry_run:
-        n_cells = sum(len(t.cells()) for t in runner._tasks.values())
+        n_cells = sum(len(t.cells()) for t in runner.tasks.values())
         click.echo(f"pairings: {len(resolved.pairings)} ({', '.join(p.label for p in resolved.pairings)})")
         click.echo(f"tasks: {len(resolved.tasks)} ({', '.join(resolved.tasks)}), cells: {n_cells}")
         click.echo(f"samples to score: {runner.grid_size():,}")
@@ -97,7 +98,7 @@ def run(config, out, overrides, dry_run, limit, retry_failed, no_progress):
         return
     try:
         # the report is built under the run's lock, its figures drawn by as many processes as run.threads allows
-        summary = runner.run(out, after=lambda d: build_report(d, workers="auto"))
+        summary = runner.run(out, executor_for(resolved.config.run), after=lambda d: build_report(d, workers="auto"))
     except KeyboardInterrupt as exc:
         _interrupted(exc, f" in {out}")
     report = summary.report
@@ -155,7 +156,8 @@ def train(config, out, overrides, force, no_progress):
     Paths inside a YAML file are relative to that file's folder (as a run config's
     'checkpoint' is); paths on the command line are relative to the current directory.
     """
-    from lceval.config import TrainRecipe, apply_overrides, check_recipe, read_yaml, validate
+    from lceval.config import TrainRecipe, validate
+    from lceval.resolve import apply_overrides, check_recipe, read_yaml
     from lceval.models.checkpoint import is_complete
     from lceval.train import train as do_train
 

@@ -1,8 +1,10 @@
-"""YAML run configs -> validated, typed objects.
+"""The config schema: typed pydantic models of a run config, and ``validate``.
 
 Every user error becomes a ``ConfigError`` whose message starts with the key
-path (``tasks.niah.depths[2]``) and says what is allowed. ``yaml.safe_load``
-only.
+path (``tasks.niah.depths[2]``) and says what is allowed. Reading YAML,
+``--set``, recipe files and the checks that look at files on disk (a model's
+weights, a checkpoint's card) live in ``lceval.resolve``; what each model type
+knows about its own files lives in its adapter (``lceval.models``).
 """
 
 from __future__ import annotations
@@ -12,11 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-import yaml
 
 from lceval import registry
 from lceval.errors import ConfigError, UserError
-from lceval.models.checkpoint import ZOO_PREFIX, is_complete, read_card, zoo_path
 from lceval.task import SafePath
 
 
@@ -243,213 +243,7 @@ class Resolved(pydantic.BaseModel):
     base_dir: Path
 
 
-# --- loading ---------------------------------------------------------------------------
-def read_yaml(path: Path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a directory; pass the path of a YAML config file (see configs/)")
-    if not path.is_file():
-        raise UserError(f"config file {path} not found; pass the path of a YAML config (see configs/)")
-    try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not a text file (byte {exc.start} is not UTF-8); pass a YAML config") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError("", f"{path}: the top level must be a mapping with keys run, models, pairings, tasks")
-    return data
-
-
-def _yaml_value(item: str, raw: str):
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise UserError(f"--set {item!r}: the value is not valid YAML ({getattr(exc, 'problem', exc)}); "
-                        "quote strings, e.g. --set 'run.name=\"my run\"'") from None
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``key.path=value`` overrides (value parsed as YAML) to a raw config dict."""
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"--set {item!r}: expected key.path=value, e.g. --set tasks.niah.samples=2")
-        path, raw = item.split("=", 1)
-        value = _yaml_value(item, raw)
-        keys = path.strip().split(".")
-        if not all(keys):
-            raise UserError(f"--set {item!r}: the key path has an empty part; name the key, e.g. "
-                            "--set tasks.niah.samples=2")
-        node: Any = data
-        for i, key in enumerate(keys):
-            last = i == len(keys) - 1
-            if isinstance(node, list):
-                if not key.isdigit() or int(key) >= len(node):
-                    raise ConfigError(".".join(keys[: i + 1]), f"list index out of range (0..{len(node) - 1})")
-                if last:
-                    node[int(key)] = value
-                else:
-                    node = node[int(key)]
-            elif isinstance(node, dict):
-                if last:
-                    node[key] = value
-                else:
-                    node = node.setdefault(key, {})
-            else:
-                raise ConfigError(".".join(keys[:i]), "is a value, not a mapping; cannot set a key inside it")
-    return data
-
-
-def load_config(path: Path, overrides: list[str] = ()) -> Resolved:
-    data = apply_overrides(read_yaml(path), list(overrides))
-    return resolve(data, base_dir=Path(path).resolve().parent)
-
-
-def inline_recipes(data: dict, base_dir: Path) -> dict:
-    """Replace ``models.<m>.train: path/to/recipe.yaml`` by that recipe (its 'out' is ignored)."""
-    for name, spec in (data.get("models") or {}).items() if isinstance(data.get("models"), dict) else ():
-        if isinstance(spec, dict) and isinstance(spec.get("train"), str):
-            path = Path(spec["train"])
-            path = path if path.is_absolute() else base_dir / path
-            if not path.is_file():
-                raise ConfigError(f"models.{name}.train", f"recipe file {path} not found (paths are relative to the "
-                                  "config's folder); give a recipe mapping or an existing recipe YAML")
-            recipe = read_yaml(path)
-            recipe.pop("out", None)
-            spec["train"] = recipe
-    return data
-
-
-def resolve(data: dict, base_dir: Path) -> Resolved:
-    data = inline_recipes(data, base_dir)
-    cfg = validate(RunConfig, data, "")
-    for name, spec in cfg.models.items():
-        registry.models.get(spec.type, where=f"models.{name}.type")
-        if spec.checkpoint is not None and str(spec.checkpoint).startswith(ZOO_PREFIX):
-            try:
-                spec.checkpoint = zoo_path(spec.checkpoint)
-            except UserError as exc:
-                raise ConfigError(f"models.{name}.checkpoint", str(exc)) from None
-        elif spec.checkpoint is not None and not spec.checkpoint.is_absolute():
-            spec.checkpoint = (base_dir / spec.checkpoint).resolve()
-        if spec.path is not None and not spec.path.is_absolute():
-            spec.path = (base_dir / spec.path).resolve()
-        if spec.type in ("hf", "module"):
-            check_external(spec, f"models.{name}")
-        if spec.type == "reference" and spec.checkpoint is not None:
-            if not is_complete(spec.checkpoint):
-                raise ConfigError(f"models.{name}.checkpoint", f"no reference checkpoint at {spec.checkpoint} "
-                                  "(needs model.safetensors, card.json, tokenizer.json); train one with `lceval train`")
-        if spec.train is not None:
-            check_recipe(spec.train, f"models.{name}.train")
-    pairings: list[Pairing] = []
-    positions: dict[str, str | None] = {}  # model -> its position encoding, read once
-    for i, p in enumerate(cfg.pairings):
-        models = p.model if isinstance(p.model, list) else [p.model]
-        attns = p.attention if isinstance(p.attention, list) else [p.attention]
-        for m in models:
-            if m not in cfg.models:
-                raise ConfigError(f"pairings[{i}].model", f"unknown model {m!r}; defined models: {', '.join(cfg.models)}")
-            position = positions.setdefault(m, model_position(cfg.models[m]))
-            for a in attns:
-                attn = check_attention(a, f"pairings[{i}].attention")
-                check_compatible(position, attn, f"pairings[{i}].attention")
-                if p.label and len(models) * len(attns) > 1:
-                    raise ConfigError(f"pairings[{i}].label", f"one label cannot name the {len(models) * len(attns)} "
-                                      "pairings this entry expands to; split the entry or drop the label")
-                label = p.label or f"{m}/{attn.label}"
-                pairings.append(Pairing(model=m, attention=a, label=label, tasks=p.tasks))
-    seen: set[str] = set()
-    for p in pairings:
-        if p.label in seen:
-            raise ConfigError("pairings", f"pairing {p.label!r} appears twice; give each pairing a distinct label")
-        seen.add(p.label)
-    for i, p in enumerate(cfg.pairings):
-        unknown = [t for t in p.tasks or [] if t not in cfg.tasks]
-        if unknown:
-            raise ConfigError(f"pairings[{i}].tasks", f"{unknown[0]!r} is not one of the config's tasks "
-                              f"({', '.join(cfg.tasks) or 'none'}); list tasks defined under `tasks:`")
-    tasks = {}
-    for name, raw in cfg.tasks.items():
-        cls = registry.tasks.get(name, where=f"tasks.{name}")
-        tasks[name] = validate_task_config(cls, raw or {}, f"tasks.{name}", base_dir)
-    return Resolved(config=cfg, pairings=pairings, tasks=tasks, base_dir=base_dir)
-
-
-def check_attention(spec: AttentionSpec, where: str):
-    registry.attention.get(spec.name, where=f"{where}.name")
-    try:
-        return spec.build()
-    except UserError as exc:
-        raise ConfigError(where, str(exc)) from None
-
-
-def check_external(spec: ModelSpec, where: str) -> None:
-    """Config-time checks of hf and module models: weights, model type, rope override, factory import."""
-    if spec.type == "hf":
-        from lceval.models.hf import inspect_dir, position_of
-
-        try:
-            raw = inspect_dir(spec.path, spec.trust_remote_code)
-        except UserError as exc:
-            raise ConfigError(f"{where}.path", str(exc)) from None
-        if spec.rope is not None and position_of(raw) != "rotary":
-            raise ConfigError(f"{where}.rope", f"the model at {spec.path} uses {position_of(raw)} positions; "
-                              "a RoPE override needs a rotary model")
-    else:
-        from lceval.models.module import load_factory
-
-        try:
-            load_factory(spec.factory)
-        except UserError as exc:
-            raise ConfigError(f"{where}.factory", str(exc)) from None
-
-
-def model_position(spec: ModelSpec) -> str | None:
-    """The position encoding a model uses (a reference model's recipe or card, an hf model's config)."""
-    if spec.type == "hf":
-        from lceval.models.hf import position_of, read_config
-
-        return position_of(read_config(spec.path))
-    if spec.train is not None:
-        return spec.train.position
-    if spec.type == "reference" and spec.checkpoint is not None:
-        return read_card(spec.checkpoint)["architecture"]["position"]
-    return None
-
-
-def check_compatible(position: str | None, attention, where: str) -> None:
-    """Refuse pairings that cannot run, e.g. a score bias (ALiBi) with linear attention."""
-    if position is None or position not in registry.positions.names():
-        return  # an external model's own encoding (e.g. learned absolute): nothing lceval applies
-    pos_cls = registry.positions.get(position)
-    if pos_cls.needs_score_mod and not attention.supports_score_mod:
-        able = [n for n in registry.attention.names() if registry.attention.get(n).supports_score_mod]
-        raise ConfigError(where, f"{attention.name} attention cannot apply {position}'s score bias; "
-                          f"pair {position} models with {', '.join(able)}")
-
-
-def check_recipe(recipe: TrainRecipe, where: str) -> None:
-    registry.positions.get(recipe.position, where=f"{where}.position")
-    check_compatible(recipe.position, check_attention(recipe.attention, f"{where}.attention"), f"{where}.attention")
-    if recipe.tasks is not None:
-        for name, mix in recipe.tasks.items():
-            cls = registry.tasks.get(name, where=f"{where}.tasks.{name}")
-            validate_task_config(cls, mix.config, f"{where}.tasks.{name}.config")
-    else:
-        cls = registry.tasks.get(recipe.task, where=f"{where}.task")
-        validate_task_config(cls, recipe.task_config, f"{where}.task_config")
-    if recipe.d_model % recipe.n_heads:
-        raise ConfigError(f"{where}.n_heads", f"must divide d_model ({recipe.d_model}); got {recipe.n_heads}")
-    if recipe.n_kv_heads is not None and recipe.n_heads % recipe.n_kv_heads:
-        raise ConfigError(f"{where}.n_kv_heads", f"must divide n_heads ({recipe.n_heads}); got {recipe.n_kv_heads}")
-    if recipe.max_length is not None and recipe.max_length < recipe.train_length:
-        raise ConfigError(f"{where}.max_length", f"the learned table ({recipe.max_length} rows) must cover the "
-                          f"training length ({recipe.train_length}); raise max_length or omit it")
-
-
+# --- validation ------------------------------------------------------------------------
 def validate_task_config(task_cls, raw: dict, where: str, base_dir: Path | None = None):
     """A task's typed config; relative paths in it (a data file) are taken from ``base_dir``, the config's folder."""
     return validate(task_cls.Config, raw or {}, where, context={"base_dir": base_dir} if base_dir else None)

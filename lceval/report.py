@@ -35,10 +35,10 @@ import pandas as pd  # noqa: E402
 from lceval import registry  # noqa: E402
 from lceval.cores import core_count  # noqa: E402
 from lceval.errors import UserError  # noqa: E402
+from lceval.rows import RAN, Row, Status  # noqa: E402
 from lceval.store import RESULTS, read_manifest, rows_of_run  # noqa: E402
 
 Z95 = 1.959963984540054
-RAN = {"ok", "nonfinite", "oom", "error"}  # rows that count in a score (failed ones as 0)
 RELATIVE = 0.85  # NoLiMa's relative threshold: 85% of the score at the shortest length
 DEPTH_NOTE = ("Depth: 0% puts the needle at the start of the context, farthest from the question; "
               "100% puts it right before the question.")
@@ -89,15 +89,14 @@ def load_frame(run_dir: Path, run_id: str | None = None, warn=None) -> pd.DataFr
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
-    """Rows -> a DataFrame; each task meta key becomes a ``meta.<key>`` column."""
-    df = pd.DataFrame(rows)
+    """Rows (of any lceval: each is upgraded to the current ``Row``) -> a DataFrame; each task meta key becomes
+    a ``meta.<key>`` column. ``ran``: the row counts in a score; ``value``: its score, 0 unless ``ok``."""
+    df = pd.DataFrame([Row.upgrade(r) or r for r in rows])
     if "meta" in df:
         meta = pd.json_normalize([m if isinstance(m, dict) else {} for m in df["meta"]]).add_prefix("meta.")
         df = pd.concat([df.drop(columns="meta").reset_index(drop=True), meta], axis=1)
-    if "score" not in df:  # rows written before scores existed
-        df["score"] = df["correct"].astype(float)
     df["ran"] = df["status"].isin(RAN)
-    df["value"] = np.where(df["status"].eq("ok"), df["score"].astype(float), 0.0)
+    df["value"] = np.where(df["status"].eq(Status.OK.value), df["score"].astype(float), 0.0)
     return df
 
 
@@ -176,7 +175,7 @@ def summary_table(df: pd.DataFrame, threshold_pct: float, lengths: pd.DataFrame 
         rec["effective_length"] = effective_length(lt, threshold_pct / 100)
         rec["effective_length_rel"] = effective_length(lt, RELATIVE, relative=True)
         sub = df[(df["task"] == task) & (df["pairing"] == pairing)]
-        bad = sub[sub["status"] != "ok"]["status"].value_counts()
+        bad = sub[sub["status"] != Status.OK.value]["status"].value_counts()
         rec["not_ok"] = ", ".join(f"{k}={v}" for k, v in bad.items())
         recs.append(rec)
     return pd.DataFrame(recs)
@@ -216,7 +215,7 @@ def agreement_table(df: pd.DataFrame) -> pd.DataFrame:
     reference answer's log-probability (teacher-forced tasks).
     """
     recs = []
-    ok = df[df["status"] == "ok"]
+    ok = df[df["status"] == Status.OK.value]
     for model, sub in ok.groupby("model", sort=False):
         oracles = [a for a in ("full", "flash") if (sub["attention"] == a).any()]
         if not oracles:

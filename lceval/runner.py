@@ -26,12 +26,10 @@ from lceval.dataset import cached_samples
 from lceval.errors import ConfigError, UserError
 from lceval.models.adapters import ModelAdapter
 from lceval.scoring import score_batch, uses_teacher_forcing
+from lceval.rows import FAILED, Row, Status
 from lceval.store import ResultsStore, package_versions, write_atomic
-from lceval.task import Sample
+from lceval.task import Sample, Task
 
-OK, NONFINITE, OOM, ERROR = "ok", "nonfinite", "oom", "error"
-UNSUPPORTED_LENGTH, SKIPPED_MEMORY = "unsupported_length", "skipped_memory"
-FAILED = {NONFINITE, OOM, ERROR}
 
 
 @dataclass
@@ -57,6 +55,28 @@ class Unit:
     batch: list[Sample]
     seq: int  # the longest sequence the answer can need
     size: int  # the batch size the memory budget allows (0: skipped_memory)
+    teacher_forced: bool = False  # decided once, when the unit is planned
+
+
+class Scorer:
+    """``score_unit`` as a callable an executor can ship to another process: it carries the resolved config
+    and builds its own Runner there (models loaded once per process); here it uses the runner it came from."""
+
+    def __init__(self, runner: Runner):
+        self.resolved, self.limit = runner.resolved, runner.limit
+        self._runner: Runner | None = runner
+
+    def prepare(self) -> None:
+        """Build this process's Runner now (it applies ``run.threads``; a worker may set its own after)."""
+        if self._runner is None:
+            self._runner = Runner(self.resolved, limit=self.limit, progress=False)
+
+    def __call__(self, unit: Unit) -> list[Row]:
+        self.prepare()
+        return self._runner.score_unit(unit)
+
+    def __getstate__(self):
+        return {"resolved": self.resolved, "limit": self.limit, "_runner": None}
 
 
 def identity(resolved: Resolved, limit: int | None, models: dict[str, dict]) -> dict:
@@ -96,35 +116,38 @@ def pick_device(name: str, where: str = "run.device") -> str:
 
 
 class Runner:
+    """Plans a resolved config's grid into units, scores units, and runs the grid into a results store."""
+
     def __init__(self, resolved: Resolved, *, limit: int | None = None, progress: bool = True,
                  retry_failed: bool = False):
-        self.r = resolved
+        self.resolved = resolved
+        self.config = resolved.config
         self.limit = limit
         self.progress = progress
         self.retry_failed = retry_failed
         self.threads = use_threads(resolved.config.run.threads)
         self.device = pick_device(resolved.config.run.device)
-        if resolved.config.run.executor == "ray":
-            from lceval.executors.ray import check_available
-
-            check_available()
         self._devices = {name: self.device if spec.device is None else pick_device(spec.device, f"models.{name}.device")
                          for name, spec in resolved.config.models.items()}
         self._adapters: dict[str, ModelAdapter] = {}
         self._attentions: dict[str, Attention] = {}  # pairing label -> its attention, built once
-        self._active: dict[str, tuple] = {}  # model name -> (pairing label, the model holding its attention)
+        self._attached: dict[str, tuple[str, object]] = {}  # model name -> (pairing label, model with its attention)
         self._redo: set = set()
-        self.run_id: str | None = None
         self._samples: dict[tuple[str, str], list[Sample]] = {}
-        self._tasks = {name: registry.tasks.get(name)(cfg, seed=resolved.config.run.seed)
-                       for name, cfg in resolved.tasks.items()}
-        for name, task in self._tasks.items():
+        self.tasks = {name: registry.tasks.get(name)(cfg, seed=resolved.config.run.seed)
+                      for name, cfg in resolved.tasks.items()}
+        for name, task in self.tasks.items():
             task.name = name  # a preset registered under another name reports as that name
 
     # -- shared pieces ------------------------------------------------------------------
     def adapter(self, name: str) -> ModelAdapter:
         if name not in self._adapters:
-            spec = self.r.config.models[name]
+            spec = self.config.models[name]
+            if spec.train is not None:  # a recipe becomes its (cached) checkpoint before any adapter sees it
+                from lceval.train import ensure_trained
+
+                path = ensure_trained(spec.train, progress=self.progress, device=self._devices[name])
+                spec = spec.model_copy(update={"checkpoint": path, "train": None})
             adapter = registry.models.get(spec.type)(spec, device=self._devices[name], progress=self.progress)
             try:
                 adapter.prepare()
@@ -141,65 +164,54 @@ class Runner:
         """A task's samples for a tokenizer: generated once, cached on disk, shared by every pairing."""
         key = (task_name, adapter.tokenizer.fingerprint())
         if key not in self._samples:
-            self._samples[key], _ = cached_samples(self._tasks[task_name], adapter.tokenizer, self.limit)
+            self._samples[key], _ = cached_samples(self.tasks[task_name], adapter.tokenizer, self.limit)
         return self._samples[key]
 
     def grid_size(self) -> int:
         per_task = {n: len(t.cells()) * min(self.limit or t.samples_per_cell(), t.samples_per_cell())
-                    for n, t in self._tasks.items()}
-        return sum(n for p in self.r.pairings for name, n in per_task.items() if p.runs(name))
+                    for n, t in self.tasks.items()}
+        return sum(n for p in self.resolved.pairings for name, n in per_task.items() if p.runs(name))
 
     def estimate_tokens(self) -> int:
         """Prompt tokens to process, from the grid's context lengths (no tokenizer needed)."""
         per_task = {}
-        for name, t in self._tasks.items():
+        for name, t in self.tasks.items():
             n = min(self.limit or t.samples_per_cell(), t.samples_per_cell())
             per_task[name] = sum(c.get("context_length") or 0 for c in t.cells()) * n
-        return sum(n for p in self.r.pairings for name, n in per_task.items() if p.runs(name))
+        return sum(n for p in self.resolved.pairings for name, n in per_task.items() if p.runs(name))
 
     def preflight(self) -> None:
         """Refuse now what the run would refuse later: prompts too short for a task's needles at its
-        shortest length, training lengths too short for a recipe's tasks. Cheap: one sample each."""
-        import numpy as np
-
-        from lceval.models.checkpoint import TOKENIZER
-        from lceval.tokenizer import TextTokenizer
-        from lceval.train.trainer import build_tasks, mixture_tokenizer
-
-        used = {p.model for p in self.r.pairings}  # a model no pairing uses never meets the tasks
-        for name, spec in self.r.config.models.items():
-            if spec.type != "reference" or name not in used:
+        shortest length, training lengths too short for a recipe's tasks. Cheap: one sample each, with the
+        tokenizer each model type can give before loading (``ModelAdapter.preflight_tokenizer``)."""
+        used = {p.model for p in self.resolved.pairings}  # a model no pairing uses never meets the tasks
+        for name, spec in self.config.models.items():
+            tok = registry.models.get(spec.type).preflight_tokenizer(spec, f"models.{name}") if name in used else None
+            if tok is None:
                 continue
-            if spec.checkpoint is not None:
-                tok = TextTokenizer.load(spec.checkpoint / TOKENIZER)
-            else:
-                recipe_tasks = build_tasks(spec.train, seed=0)
-                tok = mixture_tokenizer(recipe_tasks)
-                for t, task in recipe_tasks.items():
-                    try:
-                        task.training_example(np.random.default_rng(0), spec.train.train_length, tok)
-                    except UserError as exc:
-                        raise ConfigError(f"models.{name}.train.train_length", f"too short for task {t}: {exc}") from None
-            runs = {t for p in self.r.pairings if p.model == name for t in self._tasks if p.runs(t)}
-            for task in (task for t, task in self._tasks.items() if t in runs):
+            runs = {t for p in self.resolved.pairings if p.model == name for t in self.tasks if p.runs(t)}
+            for task in (task for t, task in self.tasks.items() if t in runs):
                 cells = [c for c in task.cells() if c.get("context_length") is not None]
                 if cells:
                     shortest = min(cells, key=lambda c: c["context_length"])
                     task.cell_samples(shortest, tok, 1)
 
     # -- the run ------------------------------------------------------------------------
-    def run(self, out_dir: Path, after=None) -> RunSummary:
-        """Run the grid into ``out_dir``; ``after(out_dir)`` (the report) runs while the lock is still held."""
+    def run(self, out_dir: Path, executor=None, after=None) -> RunSummary:
+        """Run the grid into ``out_dir`` with ``executor`` (default: this process, ``executors.local``);
+        ``after(out_dir)`` (the report) runs while the lock is still held."""
+        from lceval.executors import Progress
+        from lceval.executors.local import run_local
+
         summary = RunSummary(Path(out_dir))
         with ResultsStore(out_dir) as store:
             models = {name: self.adapter(name).describe()  # train or load every model before the progress bar
-                      for name in dict.fromkeys(p.model for p in self.r.pairings)}
-            ident = identity(self.r, self.limit, models)
-            self.run_id = run_id(ident)
-            store.begin({"config": self.r.config.model_dump(mode="json"), "seed": self.r.config.run.seed,
-                         "limit": self.limit, "run_id": self.run_id, "identity": ident,
-                         "pairings": [p.model_dump(mode="json") for p in self.r.pairings],
-                         "tasks": {name: t.describe() for name, t in self._tasks.items()}})
+                      for name in dict.fromkeys(p.model for p in self.resolved.pairings)}
+            ident = identity(self.resolved, self.limit, models)
+            store.begin({"config": self.config.model_dump(mode="json"), "seed": self.config.run.seed,
+                         "limit": self.limit, "run_id": run_id(ident), "identity": ident,
+                         "pairings": [p.model_dump(mode="json") for p in self.resolved.pairings],
+                         "tasks": {name: t.describe() for name, t in self.tasks.items()}})
             write_atomic(Path(out_dir) / "models.json", json.dumps(models, indent=2) + "\n")
             statuses = store.status_of()
             self._redo = {k for k, st in statuses.items() if st in FAILED} if self.retry_failed else set()
@@ -207,14 +219,8 @@ class Runner:
             bar = tqdm(total=self.grid_size(), initial=summary.skipped_done, desc="lceval run", unit="sample",
                        disable=not self.progress, dynamic_ncols=True)
             with bar:
-                if self.r.config.run.executor == "ray":
-                    from lceval.executors.ray import run_on_ray
-
-                    run_on_ray(self, store, bar, summary)
-                else:
-                    from lceval.executors.local import run_local
-
-                    run_local(self, store, bar, summary)
+                units = [u for p in self.resolved.pairings for u in self.plan(p, store)]
+                (executor or run_local)(units, Scorer(self), Progress(store, bar, summary).done)
             summary.status_counts = dict(Counter(row["status"] for row in store.rows))
             summary.total = len(store.rows)
             if after is not None:
@@ -226,9 +232,9 @@ class Runner:
         an answer length), within the memory budget."""
         adapter = self.adapter(pairing.model)
         attention = pairing.attention.build()
-        mode = self.r.config.run.answer
+        mode = self.config.run.answer
         units = []
-        for task_name, task in self._tasks.items():
+        for task_name, task in self.tasks.items():
             if not pairing.runs(task_name):
                 continue
             stop_ids = task.stop_ids(adapter.tokenizer)
@@ -238,10 +244,10 @@ class Runner:
             for s in pending:
                 tf = uses_teacher_forcing(task, s, stop_ids, mode)
                 groups[(len(s.input_ids), tf, len(s.answer_ids) + 1 if tf else task.max_new_tokens)].append(s)
-            for (length, _, new), group in sorted(groups.items()):  # new: tokens the answer may need
+            for (length, tf, new), group in sorted(groups.items()):  # new: tokens the answer may need
                 size = self._batch_size(adapter, attention, length + new)
                 for i in range(0, len(group), max(size, 1)):
-                    units.append(Unit(pairing, task_name, group[i : i + max(size, 1)], length + new, size))
+                    units.append(Unit(pairing, task_name, group[i : i + max(size, 1)], length + new, size, tf))
         return units
 
     def score_unit(self, unit: Unit) -> list[dict]:
@@ -251,80 +257,84 @@ class Runner:
         if label not in self._attentions:
             self._attentions[label] = unit.pairing.attention.build()
         attention = self._attentions[label]
-        active = self._active.get(unit.pairing.model)
-        if active is None or active[0] != label:  # the model holds another pairing's attention
-            active = self._active[unit.pairing.model] = (label, adapter.with_attention(attention))
-        model = active[1]
-        return self._score(unit.pairing, self._tasks[unit.task], adapter, attention, model, unit.batch, unit.seq,
-                           unit.size)
+        attached = self._attached.get(unit.pairing.model)
+        if attached is None or attached[0] != label:  # the model holds another pairing's attention
+            attached = self._attached[unit.pairing.model] = (label, adapter.with_attention(attention))
+        return self._score(unit, self.tasks[unit.task], adapter, attention, attached[1])
 
     def _batch_size(self, adapter: ModelAdapter, attention, seq: int) -> int:
         """Samples per batch within the memory budget; 0 when even one does not fit."""
-        size = self.r.config.run.batch_size
-        budget = self.r.config.run.memory_budget_mb * 2**20
+        size = self.config.run.batch_size
+        budget = self.config.run.memory_budget_mb * 2**20
         per_sample = attention.score_bytes(1, adapter.n_heads, seq, seq)
         if per_sample == 0:
             return size
         return min(size, budget // per_sample)
 
-    def _score(self, pairing, task, adapter, attention, model, batch, seq, size) -> list[dict]:
-        """Score one batch; ``seq`` is the longest sequence the answer can need."""
-        length = len(batch[0].input_ids)
-        status, message, scored = OK, None, None
-        if adapter.max_length is not None and seq - 1 > adapter.max_length:
-            status = UNSUPPORTED_LENGTH
-            message = f"{adapter.position} positions cover {adapter.max_length} tokens; input needs {seq - 1}"
-        elif size == 0:
-            status = SKIPPED_MEMORY
-            need = attention.score_bytes(1, adapter.n_heads, seq, seq) / 2**20
-            message = (f"{attention.name} would need {need:,.0f} MiB of scores > memory_budget_mb "
-                       f"{self.r.config.run.memory_budget_mb}; use attention 'flash' (exact, O(n) memory)")
-        else:
+    def _score(self, unit: Unit, task: Task, adapter: ModelAdapter, attention: Attention, model) -> list[Row]:
+        """Rows of one unit's batch: scored, or each marked with why it was not."""
+        status, message = self._refusal(unit, adapter, attention)
+        scored = None
+        if status is Status.OK:
             try:
                 with torch.no_grad():
-                    scored = score_batch(model, task, batch, adapter.tokenizer, device=adapter.device,
-                                         mode=self.r.config.run.answer)
-            except (torch.OutOfMemoryError, MemoryError) as exc:
-                status, message = OOM, f"out of memory: {str(exc).splitlines()[0][:200]}"
-            except RuntimeError as exc:
-                text = str(exc)
-                is_oom = "out of memory" in text or "can't allocate memory" in text
-                status = OOM if is_oom else ERROR
-                message = text.splitlines()[0][:300]
-            except Exception as exc:  # a plugin's bug must not stop the grid
-                status = ERROR
-                message = f"{type(exc).__name__}: {exc}"[:300] + " | " + traceback.format_exc(limit=1).splitlines()[-1]
+                    scored = score_batch(model, task, unit.batch, adapter.tokenizer, device=adapter.device,
+                                         mode=self.config.run.answer, forced=unit.teacher_forced)
+            except Exception as exc:  # noqa: BLE001  (a plugin's bug must not stop the grid)
+                status, message = failure(exc)
         rows = []
-        for j, sample in enumerate(batch):
-            sc = scored[j] if scored is not None else None
+        for j, sample in enumerate(unit.batch):
+            result = scored[j] if scored is not None else None
             row_status, row_message = status, message
-            if sc is not None and not sc.answer.finite:  # judged per sample: its batch-mates keep their result
-                row_status, row_message = NONFINITE, "non-finite logits"
-            ok = sc is not None and row_status == OK
-            rows.append({
-                "run_id": self.run_id,
-                "task": task.name,
-                "sample_id": sample.id,
-                "pairing": pairing.label,
-                "model": pairing.model,
-                "attention": attention.name,
-                "attention_params": attention.params.model_dump(),
-                "position": adapter.position,
-                "context_length": length,
-                # keys starting with "_" are the task's working data (spans, gold links), not written to rows
-                "meta": {**{k: v for k, v in sample.meta.items() if not k.startswith("_")},
-                         **(sc.meta if sc is not None else {})},
-                "metric": task.metric,
-                "references": sample.references or [adapter.tokenizer.decode(sample.answer_ids).strip()],
-                "prediction": sc.prediction if sc is not None else None,
-                "score": sc.score if ok else 0.0,
-                "correct": bool(ok and sc.score >= 1.0),
-                "answer_mode": sc.mode if sc is not None else None,
-                "answer_logprob": sc.answer.logprob if sc is not None else None,
-                "stop_reason": sc.answer.stop_reason if sc is not None else None,
-                "prefill_tokens": length if sc is not None else None,  # prompt tokens computed (no shared prefix)
-                "impl": attention.last_impl if sc is not None else None,
-                "status": row_status,
-                "message": row_message,
-            })
+            if result is not None and not result.answer.finite:  # judged per sample: batch-mates keep theirs
+                row_status, row_message = Status.NONFINITE, "non-finite logits"
+            rows.append(make_row(unit.pairing, task, adapter, attention, sample, result, row_status, row_message))
         return rows
+
+    def _refusal(self, unit: Unit, adapter: ModelAdapter, attention: Attention) -> tuple[Status, str | None]:
+        """Why a unit is not run at all (positions too short, scores over the memory budget), else OK."""
+        if adapter.max_length is not None and unit.seq - 1 > adapter.max_length:
+            return Status.UNSUPPORTED_LENGTH, (f"{adapter.position} positions cover {adapter.max_length} tokens; "
+                                               f"input needs {unit.seq - 1}")
+        if unit.size == 0:
+            need = attention.score_bytes(1, adapter.n_heads, unit.seq, unit.seq) / 2**20
+            return Status.SKIPPED_MEMORY, (f"{attention.name} would need {need:,.0f} MiB of scores > "
+                                           f"memory_budget_mb {self.config.run.memory_budget_mb}; use attention "
+                                           "'flash' (exact, O(n) memory)")
+        return Status.OK, None
+
+
+def failure(exc: BaseException) -> tuple[Status, str]:
+    """A scoring exception as a row status and message: out of memory, or an error with its last frame."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return Status.OOM, f"out of memory: {str(exc).splitlines()[0][:200]}"
+    if isinstance(exc, RuntimeError):
+        text = str(exc)
+        is_oom = "out of memory" in text or "can't allocate memory" in text
+        return (Status.OOM if is_oom else Status.ERROR), text.splitlines()[0][:300]
+    return Status.ERROR, (f"{type(exc).__name__}: {exc}"[:300] + " | "
+                          + traceback.format_exc(limit=1).splitlines()[-1])
+
+
+def make_row(pairing: Pairing, task: Task, adapter: ModelAdapter, attention: Attention, sample: Sample,
+             result, status: Status, message: str | None) -> Row:
+    """One sample's row; ``result`` is its ``Scored`` (None when it did not run)."""
+    ran = result is not None
+    ok = ran and status is Status.OK
+    return Row(
+        task=task.name, sample_id=sample.id, pairing=pairing.label, model=pairing.model,
+        attention=attention.name, attention_params=attention.params.model_dump(), position=adapter.position,
+        context_length=len(sample.input_ids),
+        # keys starting with "_" are the task's working data (spans, gold links), not written to rows
+        meta={**{k: v for k, v in sample.meta.items() if not k.startswith("_")}, **(result.meta if ran else {})},
+        metric=task.metric,
+        references=sample.references or [adapter.tokenizer.decode(sample.answer_ids).strip()],
+        prediction=result.prediction if ran else None,
+        score=result.score if ok else 0.0,
+        correct=bool(ok and result.score >= 1.0),
+        answer_mode=result.mode if ran else None,
+        answer_logprob=result.answer.logprob if ran else None,
+        stop_reason=result.answer.stop_reason if ran else None,
+        prefill_tokens=len(sample.input_ids) if ran else None,  # prompt tokens computed (no shared prefix)
+        impl=attention.last_impl if ran else None,
+        status=status, message=message)

@@ -37,8 +37,11 @@ def uses_teacher_forcing(task: Task, sample: Sample, stop_ids: list[int], mode: 
 
 
 def score_batch(model, task: Task, samples: list[Sample], tokenizer: TextTokenizer, *, device="cpu",
-                mode: AnswerMode = "auto") -> list[Scored]:
-    """Score samples of one prompt length (and, under teacher forcing, one answer length)."""
+                mode: AnswerMode = "auto", forced: bool | None = None) -> list[Scored]:
+    """Score samples of one prompt length (and, under teacher forcing, one answer length).
+
+    ``forced``: the teacher-forcing decision the runner made when it planned the batch (``uses_teacher_forcing`` for
+    every sample); None decides it here, the same way."""
     if len({len(s.input_ids) for s in samples}) != 1:
         raise ValueError("score_batch needs samples of one prompt length")
     prompts = torch.tensor([s.input_ids for s in samples], device=device)  # (B, T)
@@ -50,9 +53,12 @@ def score_batch(model, task: Task, samples: list[Sample], tokenizer: TextTokeniz
                               extra))
         return out
     stop_ids = task.stop_ids(tokenizer)
-    tf = [uses_teacher_forcing(task, s, stop_ids, mode) for s in samples]
+    if forced is None:
+        forced = all(uses_teacher_forcing(task, s, stop_ids, mode) for s in samples)
     eos = tuple(tokenizer.end_ids())
-    if all(tf) and len({len(s.answer_ids) for s in samples}) == 1:
+    if forced:
+        if len({len(s.answer_ids) for s in samples}) != 1:
+            raise ValueError("a teacher-forced batch needs samples of one answer length")
         answers = torch.tensor([s.answer_ids for s in samples], device=device)  # (B, A)
         got, how = teacher_forced(model, prompts, answers, stop_ids, eos_ids=eos), "teacher_forcing"
     else:

@@ -33,11 +33,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from lceval.errors import UserError
+from lceval.rows import Row, key_of
 
 SCHEMA = "lceval-results/2"
 RESULTS, MANIFEST, LOCK, QUARANTINE = "results.jsonl", "manifest.json", ".lock", "results.quarantine.jsonl"
 IDENTITIES = "identities"
-ROW_KEYS = ("pairing", "task", "sample_id", "status")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -50,14 +50,6 @@ def write_atomic(path: Path, text: str) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
-
-
-def row_key(row: dict) -> tuple[str, str, str]:
-    return row["pairing"], row["task"], row["sample_id"]
-
-
-def is_row(obj) -> bool:
-    return isinstance(obj, dict) and all(isinstance(obj.get(k), str) for k in ROW_KEYS)
 
 
 _WARNED: set[tuple[str, int]] = set()
@@ -77,7 +69,7 @@ def latest_rows(run_dir: Path, warn=None, run_id: str | None = None) -> dict[tup
     rows: dict[tuple, dict] = {}
     for row in _rows(run_dir, warn):
         if run_id is None or row.get("run_id") == run_id:
-            rows[row_key(row)] = row
+            rows[key_of(row)] = row
     return rows
 
 
@@ -85,7 +77,7 @@ def rows_of_run(run_dir: Path, run_id: str | None, warn=None) -> tuple[list[dict
     """The latest rows of ``run_id`` and how many rows of other run ids were left out. Rows written before rows
     carried run ids all count (when none carries one); ``run_id=None`` takes every row."""
     every = list(_rows(run_dir, warn))
-    if run_id is None or not any("run_id" in r for r in every):
+    if run_id is None or not any(r.get("run_id") for r in every):
         return read_rows(run_dir, warn), 0
     other = sum(r.get("run_id") != run_id for r in every)
     return list(latest_rows(run_dir, warn, run_id).values()), other
@@ -104,11 +96,10 @@ def _rows(run_dir: Path, warn=None):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = Row.upgrade(json.loads(line))
             except ValueError:  # not JSON, invalid UTF-8, NUL bytes
-                bad.append(line)
-                continue
-            if not is_row(row):
+                row = None
+            if row is None:  # not a row of any lceval (garbage, another shape, an unknown status)
                 bad.append(line)
                 continue
             yield row
@@ -234,19 +225,20 @@ class ResultsStore:
             self.close()  # never leave the lock (and its file) open behind an error
             raise
         self._latest: dict[tuple, dict] = {}  # the latest row of each key: the run's rows and what is done
+        self.run_id: str | None = None  # set by ``begin``; stamped on every appended row
         if manifest is not None:
             self.begin(manifest)
 
     def begin(self, manifest: dict) -> None:
         """Check the directory's rows against ``manifest['run_id']``, write the manifest, open for appending."""
         self._repair_tail()
-        run_id = manifest.get("run_id")
+        run_id = self.run_id = manifest.get("run_id")
         latest = latest_rows(self.dir)
         rows = list(latest.values())
         old = read_manifest(self.dir)
         foreign = [r for r in rows if r.get("run_id") != run_id]
         if foreign:
-            if all("run_id" not in r for r in foreign):
+            if all(r.get("run_id") is None for r in foreign):
                 what = "they were written by an older lceval, before rows carried a run id"
             else:
                 what = describe_change(self._identity_of(foreign, old), manifest.get("identity", {}))
@@ -288,17 +280,19 @@ class ResultsStore:
             with path.open("r+b") as f:
                 f.truncate(data.rfind(b"\n") + 1)
 
-    def append(self, rows: list[dict]) -> None:
-        """Append rows (fsynced); a row for a key already present supersedes it (retries)."""
+    def append(self, rows: list[Row]) -> None:
+        """Append rows (validated, stamped with this run's id, fsynced); a row for a key already present
+        supersedes it (retries)."""
         if not rows:
             return
+        rows = [Row.model_validate(r).model_copy(update={"run_id": self.run_id}).as_dict() for r in rows]
         try:
             self._f.write("".join(json.dumps(r, default=float) + "\n" for r in rows))
             self._f.flush()
             os.fsync(self._f.fileno())
         except OSError as exc:  # name the file: "no space left on device (ENOSPC)" alone says too little
             raise OSError(exc.errno, exc.strerror, str(self.dir / RESULTS)) from None
-        self._latest.update((row_key(r), r) for r in rows)
+        self._latest.update((key_of(r), r) for r in rows)
 
     @property
     def rows(self) -> list[dict]:

@@ -14,7 +14,8 @@ if not torch.cuda.is_available():
 import pytest
 import yaml
 
-from lceval.config import ModelSpec, read_yaml
+from lceval.config import ModelSpec
+from lceval.resolve import read_yaml
 from lceval.models.adapters import ReferenceAdapter
 
 ROOT = Path(__file__).resolve().parents[1]

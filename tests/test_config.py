@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from lceval.cli import main
-from lceval.config import apply_overrides
+from lceval.resolve import apply_overrides
 from lceval.errors import UserError
 
 BASE = {

@@ -70,15 +70,46 @@ def test_ray_rows_and_cells_equal_local(quickstart_rotary, write_config, tmp_pat
                                   pd.read_csv(local_run / "report" / "cells.csv"))
 
 
-def test_a_worker_killed_mid_run_is_retried_without_duplicates(quickstart_rotary, write_config, tmp_path, local_run,
-                                                               monkeypatch):
+class DyingScorer:
+    """A test's score_unit: the worker that holds it exits (os._exit) before its third unit, once per run
+    (the marker file says it already happened). Pickled by value, so Ray workers need not import this file."""
+
+    def __init__(self, inner, marker: str, after: int = 2):
+        self.inner, self.marker, self.after, self.done = inner, marker, after, 0
+
+    def prepare(self):
+        self.inner.prepare()
+
+    def __call__(self, unit):
+        if self.done >= self.after:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                os._exit(1)
+            except FileExistsError:
+                pass
+        self.done += 1
+        return self.inner(unit)
+
+
+@pytest.fixture
+def dying_workers(tmp_path, monkeypatch):
+    """Every Ray worker of the next run scores through a DyingScorer; yields the marker a death leaves."""
+    import lceval.runner
+
     marker = tmp_path / "killed-once"
-    monkeypatch.setenv("LCEVAL_TEST_KILL_WORKER_AFTER", "2")  # a worker exits (os._exit) before its third unit
-    monkeypatch.setenv("LCEVAL_TEST_KILL_MARKER", str(marker))
+    real = lceval.runner.Scorer
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(lceval.runner, "Scorer", lambda runner: DyingScorer(real(runner), str(marker)))
+    yield marker
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def test_a_worker_killed_mid_run_is_retried_without_duplicates(quickstart_rotary, write_config, tmp_path, local_run,
+                                                               dying_workers):
     _, cfg = configs(quickstart_rotary, write_config)
     res = run_cli([cfg, "--out", tmp_path / "ray"])
     assert res.exit_code == 0, res.output
-    assert marker.exists()  # a worker really died
+    assert dying_workers.exists()  # a worker really died
     keys = on_disk_keys(tmp_path / "ray")
     assert set(keys.values()) == {1} and len(keys) == 2 * 2 * 3 * 4
     assert rows_of(tmp_path / "ray") == rows_of(local_run)

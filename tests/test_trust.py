@@ -131,7 +131,6 @@ def test_two_processes_share_one_training(tmp_path):
     script = (
         "import sys, time\n"
         "from lceval.config import ModelSpec\n"
-        "from lceval.models.adapters import ReferenceAdapter\n"
         "import lceval.train as t\n"
         "real = t.train\n"
         "def counted(*a, **k):\n"
@@ -139,7 +138,7 @@ def test_two_processes_share_one_training(tmp_path):
         "t.train = counted\n"
         "spec = ModelSpec.model_validate({'type': 'reference', 'train': {'d_model': 16, 'n_layers': 1, 'steps': 3,"
         " 'batch_size': 2, 'eval_samples': 2}})\n"
-        "a = ReferenceAdapter(spec, progress=False); a.prepare(); print(a.path)\n"
+        "print(t.ensure_trained(spec.train, progress=False))\n"
     )
     env = dict(os.environ, LCEVAL_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     log = tmp_path / "log"
@@ -151,15 +150,15 @@ def test_two_processes_share_one_training(tmp_path):
 
 
 def test_ctrl_c_anywhere_exits_130(quickstart_rotary, write_config, tmp_path, monkeypatch):
-    import lceval.config
     import lceval.report
+    import lceval.resolve
 
     cfg = write_config(tiny(quickstart_rotary))
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lceval.config, "load_config", interrupt)  # before the store opens
+    monkeypatch.setattr(lceval.resolve, "load_config", interrupt)  # before the store opens
     res = run([cfg, "--out", tmp_path / "a"])
     assert res.exit_code == 130 and "run the same command again" in res.stderr
     monkeypatch.undo()
@@ -269,7 +268,7 @@ def _squad(answers):
 def test_an_edited_qa_file_is_a_new_run_with_new_samples(tmp_path):
     """The qa file's contents are in the run identity and in the sample-cache key (a stale cache, a resume or
     --retry-failed can never score the old references under the new data)."""
-    from lceval.config import load_config
+    from lceval.resolve import load_config
     from lceval.dataset import dataset_key
     from lceval.registry import tasks
     from lceval.runner import identity, run_id

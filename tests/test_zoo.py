@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lceval.config import load_config
+from lceval.resolve import load_config
 from lceval.errors import ConfigError
 from lceval.models.checkpoint import load_checkpoint, zoo_path
 from lceval.scoring import score_batch

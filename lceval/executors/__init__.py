@@ -1,10 +1,34 @@
 """Where a grid's work units run. The results store always has one writer: the ``lceval run`` process.
 
-* ``local`` (``lceval.executors.local``): this process, pairing by pairing;
-* ``ray`` (``lceval.executors.ray``): Ray actors, rows streamed back to this process.
+An executor is a callable ``executor(units, score_unit, sink)``: it scores every unit (``score_unit(unit)``
+returns its rows; it can be shipped to another process) and hands each unit's rows to ``sink(unit, rows,
+note)`` in this process, which appends them to the store. Executors never read the runner or its config;
+the CLI picks one from ``EXECUTORS`` by ``run.executor``:
 
-Both take the units ``Runner.plan`` makes and score them with ``Runner.score_unit``.
+* ``local`` (``lceval.executors.local``): this process, unit by unit;
+* ``ray`` (``lceval.executors.ray``): Ray actors, rows streamed back to this process.
 """
+
+
+def _local(run_spec):
+    from lceval.executors.local import run_local
+
+    return run_local
+
+
+def _ray(run_spec):
+    from lceval.executors.ray import RayExecutor
+
+    return RayExecutor(run_spec.ray)
+
+
+#: ``run.executor`` -> a factory taking the ``run`` settings
+EXECUTORS = {"local": _local, "ray": _ray}
+
+
+def executor_for(run_spec):
+    """The executor ``run.executor`` names, set up with its own settings (``run.ray``)."""
+    return EXECUTORS[run_spec.executor](run_spec)
 
 
 class Progress:

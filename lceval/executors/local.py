@@ -1,12 +1,8 @@
-"""``run.executor: local``: every unit scored in this process, pairing by pairing."""
+"""``run.executor: local``: every unit scored in this process, in plan order (pairing by pairing)."""
 
 from __future__ import annotations
 
-from lceval.executors import Progress
 
-
-def run_local(runner, store, bar, summary) -> None:
-    for pairing in runner.r.pairings:
-        progress = Progress(store, bar, summary)  # tok/s per pairing
-        for unit in runner.plan(pairing, store):
-            progress.done(unit, runner.score_unit(unit), pairing.label)
+def run_local(units, score_unit, sink) -> None:
+    for unit in units:
+        sink(unit, score_unit(unit), unit.pairing.label)

@@ -3,8 +3,9 @@
 The driver (the ``lceval run`` process) plans the same units as a local run,
 (pairing, task, batch of samples of one length), generates every sample once
 (the dataset cache) and ships each unit's samples with it. Workers are Ray
-actors, each holding its own ``Runner`` over the same resolved config: a model
-is loaded once per worker and reused for every unit and pairing it scores.
+actors, each holding the driver's ``score_unit`` (a ``runner.Scorer``: the
+resolved config, from which it builds its own Runner): a model is loaded once
+per worker and reused for every unit and pairing it scores.
 Rows come back as units finish and the driver appends them to the results
 store with the usual fsync and lock, so kill -9 of the driver followed by the
 same command loses and duplicates nothing. An actor that dies is restarted
@@ -24,7 +25,6 @@ from __future__ import annotations
 import os
 
 from lceval.errors import ConfigError, UserError
-from lceval.executors import Progress
 from lceval.executors import reaper as reaping
 
 
@@ -42,53 +42,52 @@ def check_available() -> None:
 
 
 class Worker:
-    """A Ray actor: a Runner over the driver's resolved config; scores units."""
+    """A Ray actor: scores units with the driver's ``score_unit`` (which builds its own Runner here)."""
 
-    def __init__(self, resolved, limit, run_id, threads: int):
+    def __init__(self, score_unit, threads: int):
         import torch
 
-        from lceval.runner import Runner
+        self.score_unit = score_unit
+        getattr(score_unit, "prepare", lambda: None)()  # load the config's Runner now, then take our threads
+        torch.set_num_threads(max(1, threads))
 
-        self.runner = Runner(resolved, limit=limit, progress=False)
-        self.runner.run_id = run_id
-        torch.set_num_threads(max(1, threads))  # after the Runner, which applies run.threads
-        self.done = 0
-
-    def score(self, unit) -> list[dict]:
-        kill_after = os.environ.get("LCEVAL_TEST_KILL_WORKER_AFTER")  # tests: this worker dies mid-run, once
-        if kill_after and self.done >= int(kill_after):
-            marker = os.environ["LCEVAL_TEST_KILL_MARKER"]
-            try:
-                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.close(fd)
-                os._exit(1)
-            except FileExistsError:
-                pass
-        rows = self.runner.score_unit(unit)
-        self.done += 1
-        return rows
+    def score(self, unit) -> list:
+        return self.score_unit(unit)
 
 
-def run_on_ray(runner, store, bar, summary) -> None:
-    """Score every pending unit of ``runner``'s grid on Ray actors; append rows to ``store`` as units finish."""
-    ray = _ray()
-    spec = runner.r.config.run.ray
-    started_here, reaper = False, None
-    if not ray.is_initialized():
-        if spec.address == "local":  # workers inherit this process's environment ($LCEVAL_CACHE included)
-            reaper = reaping.start()  # kills what is left of the instance if this process is killed
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-        else:
-            try:
-                ray.init(address=spec.address, include_dashboard=False, log_to_driver=False)
-            except ConnectionError as exc:
-                raise ConfigError("run.ray.address", f"no Ray cluster answers at {spec.address!r} ({exc}); start "
-                                  "one with `ray start --head`, or use address: local") from None
-        started_here = True
-    try:
-        units = [u for p in runner.r.pairings for u in runner.plan(p, store)]
+class RayExecutor:
+    """``executor(units, score_unit, sink)`` on Ray actors, from the ``run.ray`` settings only."""
+
+    def __init__(self, spec):
+        _ray()
+        self.spec = spec
+
+    def __call__(self, units, score_unit, sink) -> None:
+        ray, spec = _ray(), self.spec
         if not units:
             return
+        started_here, reaper = False, None
+        if not ray.is_initialized():
+            if spec.address == "local":  # workers inherit this process's environment ($LCEVAL_CACHE included)
+                reaper = reaping.start()  # kills what is left of the instance if this process is killed
+                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            else:
+                try:
+                    ray.init(address=spec.address, include_dashboard=False, log_to_driver=False)
+                except ConnectionError as exc:
+                    raise ConfigError("run.ray.address", f"no Ray cluster answers at {spec.address!r} ({exc}); "
+                                      "start one with `ray start --head`, or use address: local") from None
+            started_here = True
+        try:
+            self._score_all(ray, units, score_unit, sink)
+        finally:
+            if started_here:
+                ray.shutdown()
+            if reaper is not None:
+                reaping.finish(reaper)
+
+    def _score_all(self, ray, units, score_unit, sink) -> None:
+        spec = self.spec
         resources = ray.cluster_resources()
         check_resources(spec, resources)
         by_cpu = int(resources.get("CPU", 1) // spec.num_cpus_per_worker)
@@ -97,11 +96,10 @@ def run_on_ray(runner, store, bar, summary) -> None:
         actor = ray.remote(num_cpus=spec.num_cpus_per_worker, num_gpus=spec.num_gpus_per_worker,
                            max_restarts=spec.max_retries, max_task_retries=spec.max_retries)(Worker)
         threads = max(1, int(spec.num_cpus_per_worker))
-        workers = [actor.remote(runner.r, runner.limit, runner.run_id, threads) for _ in range(n)]
+        workers = [actor.remote(score_unit, threads) for _ in range(n)]
         queue = list(reversed(units))
         in_flight: dict = {}  # object ref -> (worker, unit)
         idle = list(workers)
-        progress = Progress(store, bar, summary)
         while queue or in_flight:
             while queue and idle:
                 w = idle.pop()
@@ -116,13 +114,8 @@ def run_on_ray(runner, store, bar, summary) -> None:
                     raise UserError(f"a Ray worker died {spec.max_retries + 1} times on {unit.pairing.label}/"
                                     f"{unit.task} ({type(exc).__name__}); the rows written so far are kept: fix the "
                                     "cause (memory?) and run the same command to resume") from None
-                progress.done(unit, rows, f"ray: {len(in_flight)}/{n} workers busy,")
+                sink(unit, rows, f"ray: {len(in_flight)}/{n} workers busy,")
                 idle.append(w)
-    finally:
-        if started_here:
-            ray.shutdown()
-        if reaper is not None:
-            reaping.finish(reaper)
 
 
 def check_resources(spec, resources: dict) -> None:

@@ -7,9 +7,7 @@ attention through that lceval backend.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,8 +16,8 @@ from torch import nn
 
 from lceval.attention import Attention
 from lceval.config import ModelSpec
-from lceval.models.checkpoint import is_complete, load_checkpoint, zoo_path
-from lceval.paths import cache_dir
+from lceval.errors import ConfigError, UserError
+from lceval.models.checkpoint import is_complete, load_checkpoint, read_card, zoo_path
 from lceval.tokenizer import TextTokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -58,6 +56,21 @@ class ModelAdapter:
     n_heads: int = 1
     position: str = "unknown"
 
+    # -- what the model type knows about a spec, before anything is loaded (called while resolving a config) --
+    @classmethod
+    def check_spec(cls, spec: ModelSpec, where: str) -> None:
+        """Refuse a spec whose files cannot work (a ``ConfigError`` under ``where``); may normalise paths."""
+
+    @classmethod
+    def position_of(cls, spec: ModelSpec) -> str | None:
+        """The position encoding the model uses, if known without loading it (checks pairings against it)."""
+        return None
+
+    @classmethod
+    def preflight_tokenizer(cls, spec: ModelSpec, where: str) -> TextTokenizer | None:
+        """A tokenizer to try the tasks with before the run starts (None: the model's own, found at load)."""
+        return None
+
     def prepare(self) -> None:
         """Load (or build) the model once; called before the first pairing uses it."""
 
@@ -69,15 +82,54 @@ class ModelAdapter:
 
 
 class ReferenceAdapter(ModelAdapter):
-    """The built-in reference transformer, from a checkpoint or trained on first use."""
+    """The built-in reference transformer, from a checkpoint (a recipe is trained into one first: ``lceval.train``)."""
 
     name = "reference"
+
+    @classmethod
+    def check_spec(cls, spec: ModelSpec, where: str) -> None:
+        if spec.checkpoint is None:
+            return  # a recipe: checked by the resolver, trained before the run (lceval.train.ensure_trained)
+        try:
+            spec.checkpoint = zoo_path(spec.checkpoint)
+        except UserError as exc:
+            raise ConfigError(f"{where}.checkpoint", str(exc)) from None
+        if not is_complete(spec.checkpoint):
+            raise ConfigError(f"{where}.checkpoint", f"no reference checkpoint at {spec.checkpoint} (needs "
+                              "model.safetensors, card.json, tokenizer.json); train one with `lceval train`")
+
+    @classmethod
+    def position_of(cls, spec: ModelSpec) -> str | None:
+        if spec.train is not None:
+            return spec.train.position
+        return read_card(spec.checkpoint)["architecture"]["position"]
+
+    @classmethod
+    def preflight_tokenizer(cls, spec: ModelSpec, where: str) -> TextTokenizer:
+        """The checkpoint's tokenizer, or the recipe's (its tasks' training examples tried at its length)."""
+        import numpy as np
+
+        from lceval.models.checkpoint import TOKENIZER
+        from lceval.train.trainer import build_tasks, mixture_tokenizer
+
+        if spec.checkpoint is not None:
+            return TextTokenizer.load(spec.checkpoint / TOKENIZER)
+        recipe_tasks = build_tasks(spec.train, seed=0)
+        tok = mixture_tokenizer(recipe_tasks)
+        for t, task in recipe_tasks.items():
+            try:
+                task.training_example(np.random.default_rng(0), spec.train.train_length, tok)
+            except UserError as exc:
+                raise ConfigError(f"{where}.train.train_length", f"too short for task {t}: {exc}") from None
+        return tok
 
     def prepare(self) -> None:
         if getattr(self, "model", None) is not None:
             return
-        path = zoo_path(self.spec.checkpoint) if self.spec.checkpoint is not None else self.ensure_trained()
-        self.path = Path(path)
+        if self.spec.checkpoint is None:
+            raise UserError("a reference model's recipe is trained before it is loaded: pass "
+                            "lceval.train.ensure_trained(spec) as its checkpoint")
+        self.path = Path(zoo_path(self.spec.checkpoint))
         # hashed before loading, so what was loaded is what was hashed (load_checkpoint explains a missing file)
         self.content_hash = content_hash(self.path) if is_complete(self.path) else None
         self.model, self.tokenizer, self.card = load_checkpoint(self.path)
@@ -88,24 +140,6 @@ class ReferenceAdapter(ModelAdapter):
         self.position = arch.position
         self.n_heads = arch.n_heads
         self.max_length = self.model.position.max_supported_length
-
-    def ensure_trained(self) -> Path:
-        from lceval import registry
-        from lceval.train import train
-
-        recipe = self.spec.train
-        versions = {n: registry.tasks.get(n).version for n in recipe.mixture()}  # a changed generator retrains
-        payload = {"recipe": recipe.model_dump(mode="json"), "task_versions": versions}
-        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-        path = cache_dir() / "models" / f"{recipe.position}-{digest[:12]}"
-        if is_complete(path):
-            return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.parent / f".{path.name}.lock", "a") as lock:  # one process trains; the others wait for it
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not is_complete(path):
-                train(recipe, path, progress=self.progress, device=self.device)
-        return path
 
     def with_attention(self, attention: Attention) -> nn.Module:
         self.model.attention = attention

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from lceval.attention import Attention
-from lceval.errors import UserError, last_line
+from lceval.errors import ConfigError, UserError, last_line
 from lceval.models.adapters import DTYPES, ModelAdapter, hash_files
 from lceval.tokenizer import TextTokenizer
 
@@ -272,6 +272,21 @@ class HFAdapter(ModelAdapter):
     """``type: hf``: a local transformers causal LM directory (safetensors only)."""
 
     name = "hf"
+
+    @classmethod
+    def check_spec(cls, spec, where: str) -> None:
+        """The directory (or GGUF file) loads, its weights and tokenizer are there, a RoPE override fits."""
+        try:
+            raw = inspect_dir(spec.path, spec.trust_remote_code)
+        except UserError as exc:
+            raise ConfigError(f"{where}.path", str(exc)) from None
+        if spec.rope is not None and position_of(raw) != "rotary":
+            raise ConfigError(f"{where}.rope", f"the model at {spec.path} uses {position_of(raw)} positions; "
+                              "a RoPE override needs a rotary model")
+
+    @classmethod
+    def position_of(cls, spec) -> str | None:
+        return position_of(read_config(spec.path))
 
     def prepare(self) -> None:
         if getattr(self, "lm", None) is not None:

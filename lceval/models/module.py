@@ -102,6 +102,14 @@ class ModuleAdapter(ModelAdapter):
 
     name = "module"
 
+    @classmethod
+    def check_spec(cls, spec, where: str) -> None:
+        """The factory imports (it is called only when the run loads the model)."""
+        try:
+            load_factory(spec.factory)
+        except UserError as exc:
+            raise ConfigError(f"{where}.factory", str(exc)) from None
+
     def prepare(self) -> None:
         if getattr(self, "built", None) is not None:
             return

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from lceval import metrics  # noqa: E402
+from lceval.rows import Status  # noqa: E402
 
 COUNT_KEYS = ("a", "s", "a_and_s", "a_and_p")
 PREFIX = "meta.aer_counts."
@@ -64,7 +65,7 @@ def aer_interval(counts: np.ndarray, seed: int = 0) -> tuple[float, float]:
 def rows_of(df: pd.DataFrame) -> pd.DataFrame:
     if f"{PREFIX}mean.a" not in df or "meta.sample" not in df:
         return pd.DataFrame()
-    return df[df["status"].eq("ok") & df[f"{PREFIX}mean.a"].notna()]
+    return df[df["status"].eq(Status.OK.value) & df[f"{PREFIX}mean.a"].notna()]
 
 
 def split(rows: pd.DataFrame, calibration: bool) -> pd.DataFrame:

@@ -262,7 +262,7 @@ def test_data_paths_are_relative_to_the_config_and_their_contents_are_in_the_run
 
     import yaml
 
-    from lceval.config import load_config
+    from lceval.resolve import load_config
     from lceval.runner import identity, run_id
 
     data = tmp_path / "cfg" / "data"
