@@ -145,7 +145,7 @@ def model_table(args) -> None:
     floors = []
     with torch.no_grad():
         bare = ReferenceTransformer(arch, build_attention("full")).eval()
-        bare.attention = lambda q, k, v, causal=True, score_mod=None: v  # the rest of the model alone
+        bare.set_attention(lambda q, k, v, causal=True, score_mod=None: v)  # the rest of the model alone
         rest = timed(lambda: forward(bare), args.repeats)
         # the rest's matrix products alone, at the speed this machine multiplies a row block by the MLP's weights
         flops = T * sum(2 * m.weight.numel() for m in bare.blocks.modules() if isinstance(m, torch.nn.Linear))
@@ -163,7 +163,7 @@ def model_table(args) -> None:
             a = arch.n_layers * timed(lambda mm=model: mm.attention(q, k, v, causal=True), args.repeats)
             other = "- | - | -"
             if base is not None:
-                model.attention = lambda q, k, v, causal=True, score_mod=None, f=base: f(q, k, v)
+                model.set_attention(lambda q, k, v, causal=True, score_mod=None, f=base: f(q, k, v))
                 bm = timed(lambda mm=model: forward(mm), args.repeats)
                 ba = arch.n_layers * timed(lambda: base(q, k, v), args.repeats)
                 other = f"{bm:,.0f} / {ba:,.0f} | {m / bm:.2f} | {(m / bm) / (a / ba):.2f}"

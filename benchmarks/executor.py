@@ -36,8 +36,8 @@ def main() -> None:
 
     import ray
 
-    from lceval.resolve import resolve
     from lceval.executors import executor_for
+    from lceval.resolve import resolve
     from lceval.runner import Runner
     from lceval.store import ResultsStore
 

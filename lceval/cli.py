@@ -79,9 +79,9 @@ def run(config, out, overrides, dry_run, limit, retry_failed, no_progress):
     """Run the grid in CONFIG and write the report."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1 (got {limit}); omit it to run every sample")
-    from lceval.resolve import load_config
     from lceval.executors import executor_for
     from lceval.report import build_report
+    from lceval.resolve import load_config
     from lceval.runner import Runner
 
     resolved = load_config(config, overrides)
@@ -157,8 +157,8 @@ def train(config, out, overrides, force, no_progress):
     'checkpoint' is); paths on the command line are relative to the current directory.
     """
     from lceval.config import TrainRecipe, validate
-    from lceval.resolve import apply_overrides, check_recipe, read_yaml
     from lceval.models.checkpoint import is_complete
+    from lceval.resolve import apply_overrides, check_recipe, read_yaml
     from lceval.train import train as do_train
 
     data = apply_overrides(read_yaml(config), list(overrides))

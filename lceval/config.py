@@ -15,8 +15,7 @@ from typing import Any, Literal
 
 import pydantic
 
-from lceval import registry
-from lceval.errors import ConfigError, UserError
+from lceval.errors import ConfigError
 from lceval.task import SafePath
 
 

@@ -16,8 +16,7 @@ from typing import Any
 import yaml
 
 from lceval import registry
-from lceval.config import (AttentionSpec, Pairing, Resolved, RunConfig, TrainRecipe, validate,
-                           validate_task_config)
+from lceval.config import AttentionSpec, Pairing, Resolved, RunConfig, TrainRecipe, validate, validate_task_config
 from lceval.errors import ConfigError, UserError
 
 

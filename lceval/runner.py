@@ -25,11 +25,10 @@ from lceval.cores import core_count
 from lceval.dataset import cached_samples
 from lceval.errors import ConfigError, UserError
 from lceval.models.adapters import ModelAdapter
-from lceval.scoring import score_batch, uses_teacher_forcing
 from lceval.rows import FAILED, Row, Status
+from lceval.scoring import score_batch, uses_teacher_forcing
 from lceval.store import ResultsStore, package_versions, write_atomic
 from lceval.task import Sample, Task
-
 
 
 @dataclass

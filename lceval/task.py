@@ -45,6 +45,14 @@ from lceval.errors import UserError
 from lceval.tokenizer import TextTokenizer
 
 
+@dataclass
+class ReportPart:
+    """What a task adds to a report: ``sections`` [(title, DataFrame)] and ``images`` [(title, PNG path)]."""
+
+    sections: list[tuple[str, Any]] = field(default_factory=list)
+    images: list[tuple[str, Path]] = field(default_factory=list)
+
+
 class TaskConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
@@ -141,10 +149,6 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
     label_positions: list[int] | None = None
     labels: list[int] | None = None
-
-    @property
-    def context_length(self) -> int:
-        return len(self.input_ids)
 
 
 @dataclass
@@ -269,11 +273,11 @@ class Task:
         return {}
 
     @classmethod
-    def report(cls, df, out: Path) -> tuple[list, list]:
+    def report(cls, df, out: Path) -> ReportPart:
         """Task-specific report pieces: write files into ``out`` from this task's rows ``df`` (a DataFrame,
-        meta flattened to ``meta.<key>`` columns); return (sections: [(title, DataFrame)], images:
-        [(title, path)]) for the summary and the HTML page. Default: none."""
-        return [], []
+        meta flattened to ``meta.<key>`` columns); return the sections and figures for the summary and the HTML
+        page. Default: none."""
+        return ReportPart()
 
     def rng(self, *parts: Any) -> np.random.Generator:
         """A generator seeded from (seed, task, *parts) only: one cell never shifts another."""

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from lceval.config import ModelSpec
-from lceval.resolve import read_yaml
 from lceval.models.adapters import ReferenceAdapter
+from lceval.resolve import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"

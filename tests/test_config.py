@@ -9,8 +9,8 @@ import yaml
 from click.testing import CliRunner
 
 from lceval.cli import main
-from lceval.resolve import apply_overrides
 from lceval.errors import UserError
+from lceval.resolve import apply_overrides
 
 BASE = {
     "run": {"name": "t", "seed": 0},

@@ -7,17 +7,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from lceval.report import (
-    agreement_table,
-    cell_table,
-    effective_length,
-    file_stem,
-    frame,
-    markdown_table,
-    ruler_table,
-    summary_table,
-    wilson,
-)
+from lceval.report.figures import file_stem
+from lceval.report.page import markdown_table
+from lceval.report.tables import agreement_table, cell_table, effective_length, frame, ruler_table, summary_table, wilson
 
 
 def test_wilson_known_values():
@@ -105,7 +97,7 @@ def test_file_names_never_collide():
 
 
 def test_labels_in_any_script_render_without_glyph_warnings(tmp_path, recwarn):
-    from lceval.report import curve_plot, plot_text
+    from lceval.report.figures import curve_plot, plot_text
 
     assert plot_text("model/flash") == "model/flash" and plot_text("é") == "é"
     assert plot_text("模型") == "\\u6a21\\u578b"  # no CJK font here: escaped, never a missing-glyph warning
@@ -134,7 +126,7 @@ def test_figures_drawn_in_worker_processes_are_the_bytes_drawn_here(tmp_path, mo
     import json
     import shutil
 
-    import lceval.report
+    import lceval.report.figures
     from lceval.report import build_report
 
     spec = [(L, d, float((L + int(10 * d)) % 3 == 0), "ok") for L in (64, 128) for d in (0.0, 0.5, 1.0)] * 2
@@ -152,7 +144,7 @@ def test_figures_drawn_in_worker_processes_are_the_bytes_drawn_here(tmp_path, mo
             super().__init__(*a, **kw)
 
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Spy)
-    monkeypatch.setattr(lceval.report, "PARALLEL_FIGURES", 0)  # 7 figures: 5 heatmaps, length and distance curves
+    monkeypatch.setattr(lceval.report.figures, "PARALLEL_FIGURES", 0)  # 7 figures: 5 heatmaps, length and distance curves
     build_report(tmp_path, workers=2)
     assert pools == [2]
     drawn = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
@@ -183,7 +175,7 @@ def test_a_curve_plot_of_many_pairings_shows_every_legend_entry(tmp_path, monkey
     import matplotlib.collections
     import matplotlib.pyplot as plt
 
-    from lceval.report import BAND_PAIRINGS, LEGEND_ROWS, curve_plot
+    from lceval.report.figures import BAND_PAIRINGS, LEGEND_ROWS, curve_plot
 
     figs = []
     monkeypatch.setattr(plt, "close", figs.append)

@@ -34,7 +34,7 @@ def test_run_writes_report_and_full_equals_flash(quickstart_rotary, write_config
     res = run_cli([cfg, "--out", tmp_path / "run"])
     assert res.exit_code == 0, res.output
     out = tmp_path / "run"
-    from lceval.report import file_stem
+    from lceval.report.figures import file_stem
 
     for f in ["results.jsonl", "manifest.json", "report/results.csv", "report/cells.csv", "report/summary.md",
               f"report/heatmap_{file_stem('niah', 'm/full')}.png", f"report/heatmap_{file_stem('niah', 'm/flash')}.png",

@@ -55,7 +55,7 @@ def test_stopping_once_decided_scores_as_the_whole_budget(attention):
     from lceval.models.checkpoint import zoo_path
 
     model, tok, _ = load_checkpoint(zoo_path("zoo:ruler-mixture"))
-    model.attention = build_attention(attention[0], **attention[1])
+    model.set_attention(build_attention(attention[0], **attention[1]))
     multivalue = registry.tasks.get("niah_multivalue")
     part = type("multivalue_part", (multivalue,), {"name": "multivalue_part", "metric": "string_match_part"})
     tasks = [cls(validate_task_config(cls, {"lengths": [160], "depths": [0.0, 1.0], "samples": 3}, "t"), seed=3)
@@ -65,7 +65,7 @@ def test_stopping_once_decided_scores_as_the_whole_budget(attention):
     for task, tokenizer, m in [(t, tok, model) for t in tasks] + [(quick, _quickstart_niah()[1], None)]:
         if m is None:
             m, tokenizer, _ = load_checkpoint(zoo_path("zoo:quickstart-rotary"))
-            m.attention = build_attention(attention[0], **attention[1])
+            m.set_attention(build_attention(attention[0], **attention[1]))
         samples = task.samples(tokenizer)
         early = score_batch(m, task, samples, tokenizer, mode="generate")
         whole = score_batch(m, task, samples, tokenizer, mode="full")

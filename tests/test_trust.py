@@ -6,7 +6,6 @@ import json
 import shutil
 
 import pytest
-
 from click.testing import CliRunner
 
 from conftest import small_config
@@ -268,9 +267,9 @@ def _squad(answers):
 def test_an_edited_qa_file_is_a_new_run_with_new_samples(tmp_path):
     """The qa file's contents are in the run identity and in the sample-cache key (a stale cache, a resume or
     --retry-failed can never score the old references under the new data)."""
-    from lceval.resolve import load_config
     from lceval.dataset import dataset_key
     from lceval.registry import tasks
+    from lceval.resolve import load_config
     from lceval.runner import identity, run_id
     from lceval.tokenizer import word_level
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from lceval.resolve import load_config
 from lceval.errors import ConfigError
 from lceval.models.checkpoint import load_checkpoint, zoo_path
+from lceval.resolve import load_config
 from lceval.scoring import score_batch
 from lceval.tasks.niah import NeedleInAHaystack, NiahConfig
 
@@ -118,7 +118,7 @@ def test_zoo_models_reproduce_their_cards_and_recipes(name):
     model, tok, card = load_checkpoint(zoo_path(f"zoo:{name}"))
     recipe = ModelSpec(**spec).train
     assert card["recipe"] == recipe.model_dump(mode="json")
-    model.attention = recipe.attention.build()  # the variant it trained with
+    model.set_attention(recipe.attention.build())  # the variant it trained with
     task = fresh_task(task_name)
     samples = task.samples(tok)
     scores = [r.score for r in score_batch(model, task, samples, tok)]

@@ -30,8 +30,6 @@ class Attention:
     name: ClassVar[str]
     Params: ClassVar[type[pydantic.BaseModel]] = NoParams
     supports_score_mod: ClassVar[bool] = True
-    #: True when memory grows quadratically with length (checked against a budget)
-    quadratic_memory: ClassVar[bool] = False
 
     def __init__(self, **params):
         self.params = self.Params(**params)

@@ -38,7 +38,6 @@ class FullAttention(Attention):
     """Plain softmax(QK^T/sqrt(d))V with the whole score matrix: O(T*S) memory by design."""
 
     name = "full"
-    quadratic_memory = True
 
     def __call__(self, q, k, v, causal=True, score_mod=None, scale=None) -> Tensor:
         self.last_impl = "torch.eager"

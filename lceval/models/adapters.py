@@ -142,7 +142,7 @@ class ReferenceAdapter(ModelAdapter):
         self.max_length = self.model.position.max_supported_length
 
     def with_attention(self, attention: Attention) -> nn.Module:
-        self.model.attention = attention
+        self.model.set_attention(attention)
         return self.model
 
     def describe(self) -> dict:

@@ -225,6 +225,10 @@ class HFModel(nn.Module):
         # the keyword the model's forward takes its KV cache by (``cache`` from transformers 5.24 on)
         self.cache_arg = "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
 
+    def set_attention(self, attention: Attention) -> None:
+        """Route every layer's attention through ``attention`` (read by ``lceval_attention`` from the config)."""
+        self.lm.config.lceval_attention = attention
+
     @property
     def capture(self):
         return getattr(self.lm.config, "lceval_capture", None)
@@ -291,7 +295,7 @@ class HFAdapter(ModelAdapter):
     def prepare(self) -> None:
         if getattr(self, "lm", None) is not None:
             return
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         from lceval.models.gguf import file_sha256
 
@@ -325,8 +329,9 @@ class HFAdapter(ModelAdapter):
         self.content_hash = file_sha256(self.source)[:16] if path != self.source else weights_hash(path)
 
     def with_attention(self, attention: Attention) -> nn.Module:
-        self.lm.config.lceval_attention = attention
-        return HFModel(self.lm)
+        model = HFModel(self.lm)
+        model.set_attention(attention)
+        return model
 
     def describe(self) -> dict:
         cfg = self.lm.config

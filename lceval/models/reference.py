@@ -2,7 +2,7 @@
 
 Short and readable on purpose (nanoGPT-like). Attention and position encoding
 are pluggable: the position encoding is fixed when the model is trained, the
-attention variant can be swapped at evaluation time (``model.attention = ...``).
+attention variant can be swapped at evaluation time (``model.set_attention(...)``).
 Each block can start with a short causal depthwise convolution (a "token shift",
 ``conv_kernel``; 0 = pure attention). It makes associative recall learnable in a
 few hundred steps on a CPU, but it hands each token its neighbours' content, so
@@ -67,8 +67,17 @@ class ShortConv(nn.Module):
         return self.conv(y).transpose(1, 2)
 
 
+class Routing:
+    """What every attention layer of a model shares and the model sets: its position encoding (a module the
+    model registers), its attention variant (``set_attention``) and the active capture, if any. Layers hold
+    this, not the model."""
+
+    def __init__(self, position: PositionEncoding, attention: Attention):
+        self.position, self.attention, self.capture = position, attention, None
+
+
 class SelfAttention(nn.Module):
-    def __init__(self, arch: Architecture, model: ReferenceTransformer, layer: int):
+    def __init__(self, arch: Architecture, routing: Routing, layer: int):
         super().__init__()
         self.layer = layer  # which block this is (attention capture and the KV cache are per layer)
         self.h = arch.n_heads
@@ -77,25 +86,25 @@ class SelfAttention(nn.Module):
         self.q = nn.Linear(arch.d_model, self.h * self.dh, bias=False)
         self.kv = nn.Linear(arch.d_model, 2 * self.h_kv * self.dh, bias=False)
         self.out = nn.Linear(arch.d_model, arch.d_model, bias=False)
-        self._model = [model]  # back-reference without registering a submodule
+        self.routing = routing
 
     def project(self, x: Tensor, offset: int) -> tuple[Tensor, Tensor, Tensor]:
         """Queries (B, H, T, Dh), keys and values (B, H_kv, T, Dh) of normalized inputs x at positions offset..."""
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.h, self.dh).transpose(1, 2)
         k, v = self.kv(x).view(B, T, 2, self.h_kv, self.dh).permute(2, 0, 3, 1, 4)
-        q, k = self._model[0].position.rotate(q, k, offset)
+        q, k = self.routing.position.rotate(q, k, offset)
         return q, k, v
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache | None) -> Tensor:
         """The model's attention variant over projected queries, keys and values: (B, H, T, Dh)."""
-        model = self._model[0]
-        mod = model.position.score_mod()
-        if model.capture is not None:  # normalized weights of chosen rows, for alignment and probing
-            model.capture.record(self.layer, model.attention, q, k, v, score_mod=mod)
+        routing = self.routing
+        mod = routing.position.score_mod()
+        if routing.capture is not None:  # normalized weights of chosen rows, for alignment and probing
+            routing.capture.record(self.layer, routing.attention, q, k, v, score_mod=mod)
         if cache is None:
-            return model.attention(q, k, v, causal=True, score_mod=mod)
-        return model.attention.cached(cache.layers[self.layer], q, k, v, score_mod=mod)
+            return routing.attention(q, k, v, causal=True, score_mod=mod)
+        return routing.attention.cached(cache.layers[self.layer], q, k, v, score_mod=mod)
 
     def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
         B, T, _ = x.shape
@@ -104,13 +113,13 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, arch: Architecture, model: ReferenceTransformer, layer: int):
+    def __init__(self, arch: Architecture, routing: Routing, layer: int):
         super().__init__()
         d = arch.d_model
         self.conv = ShortConv(d, arch.conv_kernel) if arch.conv_kernel else None
         self.ln0 = nn.LayerNorm(d) if self.conv else None
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = SelfAttention(arch, model, layer)
+        self.attn = SelfAttention(arch, routing, layer)
         self.mlp = nn.Sequential(nn.Linear(d, arch.mlp_ratio * d), nn.GELU(), nn.Linear(arch.mlp_ratio * d, d))
 
     def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
@@ -152,14 +161,30 @@ class ReferenceTransformer(nn.Module):
     def __init__(self, arch: Architecture, attention: Attention):
         super().__init__()
         self.arch = arch
-        self.attention = attention
-        self.capture = None  # an lceval.attention.capture.Capture while one is active
         self.embed = nn.Embedding(arch.vocab_size, arch.d_model)
         self.position: PositionEncoding = build_position(arch.position, arch.d_model, arch.n_heads, arch.max_length)
-        self.blocks = nn.ModuleList(Block(arch, self, i) for i in range(arch.n_layers))
+        self.routing = Routing(self.position, attention)
+        self.blocks = nn.ModuleList(Block(arch, self.routing, i) for i in range(arch.n_layers))
         self.ln_f = nn.LayerNorm(arch.d_model)
         self.head = nn.Linear(arch.d_model, arch.vocab_size, bias=False)
         self.apply(_init)
+
+    def set_attention(self, attention: Attention) -> None:
+        """Route every layer's attention through ``attention`` (the one way to swap a model's variant)."""
+        self.routing.attention = attention
+
+    @property
+    def attention(self) -> Attention:
+        return self.routing.attention
+
+    @property
+    def capture(self):
+        """An ``lceval.attention.capture.Capture`` while one is active (set by ``capturing``), else None."""
+        return self.routing.capture
+
+    @capture.setter
+    def capture(self, value) -> None:
+        self.routing.capture = value
 
     def new_cache(self) -> KVCache:
         return KVCache.empty(len(self.blocks))

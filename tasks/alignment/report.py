@@ -26,6 +26,7 @@ import pandas as pd  # noqa: E402
 
 from lceval import metrics  # noqa: E402
 from lceval.rows import Status  # noqa: E402
+from lceval.task import ReportPart  # noqa: E402
 
 COUNT_KEYS = ("a", "s", "a_and_s", "a_and_p")
 PREFIX = "meta.aer_counts."
@@ -118,7 +119,7 @@ def head_table(df: pd.DataFrame) -> pd.DataFrame:
 def distance_aer(df: pd.DataFrame, bins: int = 6) -> pd.DataFrame:
     """Translation accuracy and best-head AER by distance from the translation back to its source (log bins),
     evaluation split."""
-    from lceval.report import interval, log_bins
+    from lceval.report.tables import interval, log_bins
 
     rows = rows_of(df)
     if rows.empty or "meta.distance" not in rows:
@@ -144,7 +145,7 @@ def distance_aer(df: pd.DataFrame, bins: int = 6) -> pd.DataFrame:
 def _matrix(values: np.ndarray, notes: list[list[str]], xticks: list[str], yticks: list[str], xlabel: str,
             ylabel: str, title: str, path: Path) -> None:
     """An AER matrix: low AER is good (green), 1 is no correct link (red); unrun cells grey."""
-    from lceval.report import plot_text
+    from lceval.report.figures import plot_text
 
     fig, ax = plt.subplots(figsize=(1.3 * values.shape[1] + 2.8, 0.6 * values.shape[0] + 1.9))
     cmap = matplotlib.colormaps["RdYlGn_r"].with_extremes(bad="#cccccc")
@@ -193,7 +194,7 @@ def head_heatmap(heads: pd.DataFrame, pairing: str, layout: str, path: Path) -> 
 
 def distance_plot(dist: pd.DataFrame, layout: str, path: Path) -> None:
     """Two panels by distance: translation accuracy (95% interval) and best-head AER (95% bootstrap interval)."""
-    from lceval.report import STYLES, plot_text
+    from lceval.report.figures import STYLES, plot_text
 
     sub = dist[dist["layout"] == layout]
     fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2))
@@ -236,7 +237,7 @@ def picture_rows(df: pd.DataFrame, model: str, layout: str) -> tuple[pd.DataFram
 
 def attention_picture(df: pd.DataFrame, model: str, layout: str, path: Path) -> bool:
     """Target words x source words for one sentence pair; a column per variant, a row per length."""
-    from lceval.report import plot_text
+    from lceval.report.figures import plot_text
 
     mine, lengths = picture_rows(df, model, layout)
     if mine.empty or "meta.focus_weights.mean" not in mine:
@@ -277,13 +278,14 @@ def attention_picture(df: pd.DataFrame, model: str, layout: str, path: Path) -> 
     return True
 
 
-def build(df: pd.DataFrame, out: Path) -> tuple[list[tuple[str, pd.DataFrame]], list[tuple[str, Path]]]:
+def build(df: pd.DataFrame, out: Path) -> ReportPart:
     """Write the alignment tables and figures into ``out``; return report sections and images."""
-    from lceval.report import file_stem, rounded
+    from lceval.report.figures import file_stem
+    from lceval.report.tables import rounded
 
     table = alignment_table(df)
     if table.empty:
-        return [], []
+        return ReportPart()
     rounded(table).to_csv(out / "alignment.csv", index=False)
     heads = head_table(df)
     rounded(heads).to_csv(out / "alignment_heads.csv", index=False)
@@ -308,4 +310,4 @@ def build(df: pd.DataFrame, out: Path) -> tuple[list[tuple[str, pd.DataFrame]], 
                 images.append((f"attention picture: {model}, {layout}", path))
     sections = [("Alignment: translation accuracy and AER (best head chosen on even samples, reported on odd)",
                  table.drop(columns=["aer_ci_low", "aer_ci_high"]))]
-    return sections, images
+    return ReportPart(sections, images)

@@ -99,7 +99,7 @@ def test_run_writes_counts_per_layer_and_head(write_config, tmp_path):
 
 
 def test_report_picks_the_best_head_on_calibration_and_sums_counts_on_evaluation():
-    from lceval.report import frame
+    from lceval.report.tables import frame
     from lceval.tasks.alignment.report import alignment_table
 
     def row(sample, h0, h1, mean, score):
