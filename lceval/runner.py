@@ -241,12 +241,12 @@ class Runner:
                        if (key := (pairing.label, task_name, s.id)) not in store.done or key in self._redo]
             groups: dict[tuple[int, bool, int], list[Sample]] = defaultdict(list)
             for s in pending:
-                tf = uses_teacher_forcing(task, s, stop_ids, mode)
-                groups[(len(s.input_ids), tf, len(s.answer_ids) + 1 if tf else task.max_new_tokens)].append(s)
-            for (length, tf, new), group in sorted(groups.items()):  # new: tokens the answer may need
+                forced = uses_teacher_forcing(task, s, stop_ids, mode)
+                groups[(len(s.input_ids), forced, len(s.answer_ids) + 1 if forced else task.max_new_tokens)].append(s)
+            for (length, forced, new), group in sorted(groups.items()):  # new: tokens the answer may need
                 size = self._batch_size(adapter, attention, length + new)
                 for i in range(0, len(group), max(size, 1)):
-                    units.append(Unit(pairing, task_name, group[i : i + max(size, 1)], length + new, size, tf))
+                    units.append(Unit(pairing, task_name, group[i : i + max(size, 1)], length + new, size, forced))
         return units
 
     def score_unit(self, unit: Unit) -> list[dict]:

@@ -117,3 +117,23 @@ def nearest(boundaries: list[int], target: float) -> int:
     i = bisect.bisect_left(boundaries, target)
     candidates = boundaries[max(0, i - 1) : i + 1]
     return min(candidates, key=lambda b: (abs(b - target), b))
+
+
+def assemble(prefix: list[int], hay: list[int], starts: list[int], pieces: list[tuple[float, list[int]]],
+             suffix: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """prefix + haystack with each piece inserted at the sentence boundary nearest its fraction + suffix.
+
+    Returns the ids, each piece's token offset, and each piece's haystack cut (haystack
+    tokens before it; cut / len(hay) is its realized depth), in the order given.
+    """
+    budget = len(hay)
+    bounds = starts + [budget]
+    cuts = [nearest(bounds, f * budget) for f, _ in pieces]
+    order = sorted(range(len(pieces)), key=lambda i: (cuts[i], i))
+    ids, prev, offsets = list(prefix), 0, [0] * len(pieces)
+    for i in order:
+        ids += hay[prev : cuts[i]]
+        offsets[i] = len(ids)
+        ids += pieces[i][1]
+        prev = cuts[i]
+    return ids + hay[prev:] + suffix, offsets, cuts

@@ -20,7 +20,7 @@ import pydantic
 
 from lceval.errors import UserError
 from lceval.task import Length, Sample, Samples, Task, TaskConfig, TrainingExample
-from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool, nearest, pool_for
+from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool, assemble, nearest, pool_for
 from lceval.tokenizer import TextTokenizer
 
 KEYS = [
@@ -88,11 +88,8 @@ class NeedleInAHaystack(Task):
                     f"({length - budget} tokens with this tokenizer); use lengths >= {length - budget}"
                 )
             hay, starts = pool.fill(rng, budget)
-            boundaries = starts + [budget]
-            at = nearest(boundaries, depth * budget)
-            ids = prefix + hay[:at] + needle + hay[at:] + question
+            ids, (offset,), (at,) = assemble(prefix, hay, starts, [(depth, needle)], question)
             self.check_known(tokenizer, ids + tokenizer.piece(value), "a prompt or its answer")
-            offset = len(prefix) + at
             out.append(Sample(
                 id=f"niah/L{length}/d{depth:g}/s{i}",
                 input_ids=ids,

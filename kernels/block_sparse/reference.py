@@ -1,24 +1,16 @@
-"""Plain-torch reference of block-sparse attention."""
+"""Plain-torch reference of block-sparse attention: the dense oracle with the layout's mask."""
 
 from __future__ import annotations
 
-import torch
-
-from lceval.kernels._reference import masked_softmax_attention, positions
+from lceval.attention.core import and_masks, block_mask, causal_mask, dense_attention
 
 
-def expand_layout(layout, block: int, T: int, S: int):
-    """(H or 1, ceil(T/block), ceil(S/block)) bool -> (H or 1, T, S) element visibility."""
-    rows = torch.arange(T, device=layout.device) // block
-    cols = torch.arange(S, device=layout.device) // block
-    return layout[:, rows][:, :, cols]
+def layout_mask(layout, block: int):
+    """The element mask of a (H or 1, query blocks, key blocks) bool layout: (T', S) -> (H or 1, T', S)."""
+    return block_mask(lambda qb, kb: layout[:, qb, kb], block)
 
 
 def block_sparse_attention_ref(q, k, v, layout, block, causal=True, scale=None):
     """Query block m sees key block n where layout[h, m, n]; causal (bottom-right) inside."""
-    T, S = q.shape[2], k.shape[2]
-    visible = expand_layout(layout.bool(), block, T, S)[None]  # (1, H or 1, T, S)
-    if causal:
-        qi, kj = positions(T, S, q.device)
-        visible = visible & (kj <= qi)
-    return masked_softmax_attention(q, k, v, visible, scale)
+    visible = layout_mask(layout.bool(), block)
+    return dense_attention(q, k, v, mask=and_masks(visible, causal_mask) if causal else visible, scale=scale)

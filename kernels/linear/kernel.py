@@ -25,11 +25,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-FEATURE_MAPS = {"elu1": 0, "relu": 1, "softplus": 2}
-
 
 @triton.jit
-def _phi(x, valid, FEATURE: tl.constexpr):
+def _phi(x, valid, FEATURE: tl.constexpr):  # FEATURE: lceval.attention.features.FEATURE_IDS
     if FEATURE == 0:
         y = tl.where(x > 0, x + 1.0, tl.exp(x))  # elu(x) + 1
     elif FEATURE == 1:

@@ -7,9 +7,9 @@ import os
 import torch
 import triton
 
+from lceval.attention.features import FEATURE_IDS
 from lceval.kernels.flash.launch import check_inputs, dot_precision, interpreting, last_dim_contiguous, strides3
 from lceval.kernels.linear.kernel import (
-    FEATURE_MAPS,
     chunk_causal_output_kernel,
     chunk_output_kernel,
     chunk_prefix_kernel,
@@ -24,8 +24,8 @@ def linear_attention(q, k, v, feature_map="elu1", causal=True, chunk=None):
     no visible key return zeros.
     """
     check_inputs(q, k, v)
-    if feature_map not in FEATURE_MAPS:
-        raise ValueError(f"feature_map must be one of {', '.join(FEATURE_MAPS)}; got {feature_map!r}")
+    if feature_map not in FEATURE_IDS:
+        raise ValueError(f"feature_map must be one of {', '.join(FEATURE_IDS)}; got {feature_map!r}")
     q, k, v = last_dim_contiguous(q, k, v)
     B, H, T, D = q.shape
     H_kv, S = k.shape[1], k.shape[2]
@@ -44,7 +44,7 @@ def linear_attention(q, k, v, feature_map="elu1", causal=True, chunk=None):
         c_, block_dv, warps, stages = (int(x) for x in override.split(","))
         C = chunk or c_
     n_dv = triton.cdiv(D, block_dv)
-    common = dict(D=D, BLOCK_D=block_d, BLOCK_DV=block_dv, CHUNK=C, FEATURE=FEATURE_MAPS[feature_map],
+    common = dict(D=D, BLOCK_D=block_d, BLOCK_DV=block_dv, CHUNK=C, FEATURE=FEATURE_IDS[feature_map],
                   PRECISION=dot_precision(q.dtype), num_warps=warps)
     if causal:  # the prefix scan, then all chunks' outputs in parallel
         n = triton.cdiv(T, C)

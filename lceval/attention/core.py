@@ -28,19 +28,56 @@ ScoreMod = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 # --- mask functions -------------------------------------------------------------------
+# A mask says which (query position, key position) pairs are visible: ``mask(qi, kj)`` on broadcastable
+# integer tensors (qi (T', 1) bottom-right aligned: query t sits at t + S - T). Each variant defines its
+# visibility once, composed from these pieces, in its ``mask(causal)``; its engines, its Triton lookup
+# table and its kernel reference (the dense oracle with that mask) all derive from it.
 def causal_mask(qi: Tensor, kj: Tensor) -> Tensor:
     return kj <= qi
 
 
-def window_mask(window: int, causal: bool) -> MaskFn:
-    """Causal: i - W < j <= i (W keys, itself included). Non-causal: |i - j| < W."""
+def and_masks(*masks: MaskFn) -> MaskFn:
+    """Visible where every mask is (attention-gym's ``and_masks``)."""
 
     def mask(qi: Tensor, kj: Tensor) -> Tensor:
-        if causal:
-            return (kj <= qi) & (kj > qi - window)
-        return (qi - kj).abs() < window
+        out = masks[0](qi, kj)
+        for m in masks[1:]:
+            out = out & m(qi, kj)
+        return out
 
     return mask
+
+
+def or_masks(*masks: MaskFn) -> MaskFn:
+    """Visible where any mask is."""
+
+    def mask(qi: Tensor, kj: Tensor) -> Tensor:
+        out = masks[0](qi, kj)
+        for m in masks[1:]:
+            out = out | m(qi, kj)
+        return out
+
+    return mask
+
+
+def lookback_mask(window: int) -> MaskFn:
+    """Keys less than ``window`` positions before the query (and any after it)."""
+    return lambda qi, kj: kj > qi - window
+
+
+def band_mask(window: int) -> MaskFn:
+    """Keys less than ``window`` positions away on either side."""
+    return lambda qi, kj: (qi - kj).abs() < window
+
+
+def window_mask(window: int, causal: bool) -> MaskFn:
+    """Causal: i - W < j <= i (W keys, itself included). Non-causal: |i - j| < W."""
+    return and_masks(causal_mask, lookback_mask(window)) if causal else band_mask(window)
+
+
+def block_mask(blocks: MaskFn, block: int) -> MaskFn:
+    """An element mask from a mask over (query block, key block) numbers: position p lies in block p // block."""
+    return lambda qi, kj: blocks(qi // block, kj // block)
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -183,12 +220,12 @@ def blocked_attention(
     B, H, T, D = q.shape
     S = k.shape[2]
     offset = S - T
-    sc = default_scale(D, scale)
+    scale = default_scale(D, scale)
     acc_dtype = _wide(q[:0]).dtype  # 16-bit inputs accumulate in float32 and are rounded once at the end
     outs = []
     for q0 in range(0, T, block_q):
         q1 = min(q0 + block_q, T)
-        qb = _wide(q[:, :, q0:q1]) * sc  # (B, H, bq, D)
+        qb = _wide(q[:, :, q0:q1]) * scale  # (B, H, bq, D)
         qi = positions(q0, q1, offset, q.device)[:, None]
         m = qb.new_full((B, H, q1 - q0, 1), float("-inf"), dtype=acc_dtype)
         denom = qb.new_zeros((B, H, q1 - q0, 1), dtype=acc_dtype)

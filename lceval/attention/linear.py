@@ -16,16 +16,32 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lceval.attention.base import Attention, use_triton
-from lceval.attention.core import check_shapes, repeat_kv, row_index
+from lceval.attention.core import causal_mask, check_shapes, repeat_kv, row_index
+from lceval.attention.features import FEATURE_MAPS
 
 SHORT_CHUNKS = 8  # sequences of at most this many chunks run batched over sequences (training lengths)
 SEGMENT_BYTES = 4 * 2**20  # the causal path's intra-chunk blocks per batched step (sized for the cache: 64 MiB ran slower)
 
-FEATURE_MAPS = {
-    "elu1": lambda x: F.elu(x).add_(1),  # in place: elu saves its input for backward; a new 1 + tensor cost 2x elu
-    "relu": F.relu,
-    "softplus": F.softplus,
-}
+
+
+def naive_linear_weights(q: Tensor, k: Tensor, feature_map: str, causal: bool = True, rows=None) -> Tensor:
+    """The linear-attention oracle: the explicit normalized matrix phi(q_i).phi(k_j) / sum_j' phi(q_i).phi(k_j')
+    over visible keys, (B, H, r, S) for query rows ``rows`` (all by default), in float32 (float64 stays)."""
+    T, S = q.shape[2], k.shape[2]
+    phi = FEATURE_MAPS[feature_map]
+    idx = row_index(rows, T, q.device)
+    dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    a = phi(q[:, :, idx].to(dt)) @ phi(repeat_kv(k, q.shape[1]).to(dt)).transpose(-1, -2)  # (B, H, r, S)
+    if causal:
+        a = a * causal_mask((idx + (S - T))[:, None], torch.arange(S, device=q.device)[None, :])
+    den = a.sum(-1, keepdim=True)
+    return a / torch.where(den > 0, den, torch.ones_like(den))
+
+
+def naive_linear_attention(q: Tensor, k: Tensor, v: Tensor, feature_map: str = "elu1", causal: bool = True) -> Tensor:
+    """The oracle's output: ``naive_linear_weights`` times the values (the kernels' reference)."""
+    w = naive_linear_weights(q, k, feature_map, causal)
+    return (w @ repeat_kv(v, q.shape[1]).to(w.dtype)).to(q.dtype)
 
 
 class LinearParams(pydantic.BaseModel):
@@ -47,13 +63,7 @@ class LinearAttention(Attention):
         """The explicit normalized matrix phi(q_i).phi(k_j) / sum_j' ... for the requested rows."""
         self._refuse(score_mod)
         check_shapes(q, k, v)
-        T, S = q.shape[2], k.shape[2]
-        idx = row_index(rows, T, q.device)
-        a = self.phi(q[:, :, idx]) @ self.phi(repeat_kv(k, q.shape[1])).transpose(-1, -2)  # (B,H,r,S)
-        if causal:
-            qi = idx[:, None] + (S - T)
-            a = a * (torch.arange(S, device=q.device)[None, :] <= qi)
-        return self._ratio(a, a.sum(-1, keepdim=True)).to(q.dtype)
+        return naive_linear_weights(q, k, self.params.feature_map, causal, rows).to(q.dtype)
 
     def __call__(self, q, k, v, causal=True, score_mod=None, scale=None) -> Tensor:
         self._refuse(score_mod)

@@ -12,7 +12,17 @@ import torch
 from torch import Tensor
 
 from lceval.attention.base import Attention, use_triton
-from lceval.attention.core import MaskFn, blocked_attention, check_shapes, gathered_attention, window_mask
+from lceval.attention.core import (
+    MaskFn,
+    and_masks,
+    block_mask,
+    blocked_attention,
+    causal_mask,
+    check_shapes,
+    gathered_attention,
+    or_masks,
+    window_mask,
+)
 
 #: largest score block (bytes) the gathered engine builds per step (a window's band, a sparse group's
 #: gathered keys); beyond it the blocked online-softmax engine runs
@@ -106,21 +116,17 @@ class BlockSparseAttention(Attention):
     Params = SparseParams
 
     def block_visible(self, qb: Tensor, kb: Tensor, causal: bool) -> Tensor:
+        """Which key blocks each query block sees: a window of local blocks, the global ones, every stride-th."""
         p = self.params
-        local = (kb <= qb) & (kb > qb - p.local_blocks) if causal else (qb - kb).abs() < p.local_blocks
-        vis = local | (kb < p.global_blocks)
+        parts = [window_mask(p.local_blocks, causal), lambda q, k: k < p.global_blocks]
         if p.stride:
-            vis = vis | (kb % p.stride == 0)
-        return vis & (kb <= qb) if causal else vis
+            parts.append(lambda q, k: k % p.stride == 0)
+        vis = or_masks(*parts)
+        return (and_masks(causal_mask, vis) if causal else vis)(qb, kb)
 
     def mask(self, causal: bool) -> MaskFn:
-        b = self.params.block
-
-        def mask(qi: Tensor, kj: Tensor) -> Tensor:
-            vis = self.block_visible(qi // b, kj // b, causal)
-            return vis & (kj <= qi) if causal else vis
-
-        return mask
+        blocks = block_mask(lambda qb, kb: self.block_visible(qb, kb, causal), self.params.block)
+        return and_masks(blocks, causal_mask) if causal else blocks
 
     def layout(self, n_blocks: int, causal: bool = True) -> Tensor:
         """The (query block, key block) visibility of a square input of n_blocks blocks."""
@@ -129,22 +135,6 @@ class BlockSparseAttention(Attention):
 
     def format_layout(self, n_blocks: int, causal: bool = True) -> str:
         return "\n".join("".join("#" if x else "." for x in row) for row in self.layout(n_blocks, causal).tolist())
-
-    def plot_layout(self, n_blocks: int, path, causal: bool = True) -> None:
-        """Save the block layout as a PNG (query blocks down, key blocks across)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(4, 4))
-        ax.imshow(self.layout(n_blocks, causal).numpy(), cmap="Greys", vmin=0, vmax=1)
-        ax.set_xlabel("key block")
-        ax.set_ylabel("query block")
-        ax.set_title(self.label, fontsize=9)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
 
     def __call__(self, q, k, v, causal=True, score_mod=None, scale=None) -> Tensor:
         check_shapes(q, k, v)

@@ -165,6 +165,18 @@ def plan_figures(df: pd.DataFrame, cells: pd.DataFrame, lengths: pd.DataFrame, d
     return figures, images
 
 
+def layout_plot(attention, n_blocks: int, path: Path, causal: bool = True) -> None:
+    """A block-sparse variant's layout as a PNG (query blocks down, key blocks across)."""
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(attention.layout(n_blocks, causal).numpy(), cmap="Greys", vmin=0, vmax=1)
+    ax.set_xlabel("key block")
+    ax.set_ylabel("query block")
+    ax.set_title(plot_text(attention.label), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _draw_one(job: tuple) -> None:
     fn, args = job
     fn(*args)

@@ -57,6 +57,14 @@ def _encode(tokenizer: TextTokenizer, words: list[str]) -> tuple[list[int], list
     return ids, spans
 
 
+def _pad_token(tokenizer: TextTokenizer) -> list[int]:
+    """The one-token word that pads a document to its exact length."""
+    pad = next((p for p in map(tokenizer.piece, [PAD, ".", ","]) if len(p) == 1), None)
+    if pad is None:
+        raise UserError(f"no single-token padding word ({PAD!r}, '.', ',') in the model's tokenizer")
+    return pad
+
+
 def build_document(rng: np.random.Generator, tokenizer: TextTokenizer, length: int, depth: float,
                    layout: str, pairs: list[Pair] | None = None) -> Document:
     """A document of exactly ``length`` tokens whose focus pair sits nearest ``depth``.
@@ -76,9 +84,7 @@ def build_document(rng: np.random.Generator, tokenizer: TextTokenizer, length: i
         raise UserError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
     prefix = tokenizer.prefix()
     src_mark, tgt_mark = tokenizer.piece(SRC), tokenizer.piece(TGT)
-    pad = next((p for p in map(tokenizer.piece, [PAD, ".", ","]) if len(p) == 1), None)
-    if pad is None:
-        raise UserError(f"no single-token padding word ({PAD!r}, '.', ',') in the model's tokenizer")
+    pad = _pad_token(tokenizer)
     encoded: list[tuple[Pair, list[int], list, list[int], list]] = []
     per_pair = len(src_mark) + len(tgt_mark) if layout == "interleaved" else 0
     used = len(prefix) + (0 if layout == "interleaved" else len(src_mark) + len(tgt_mark))

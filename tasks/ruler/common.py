@@ -9,7 +9,7 @@ import pydantic
 
 from lceval.errors import UserError
 from lceval.task import TaskConfig
-from lceval.tasks.haystack import SentencePool, nearest
+from lceval.tasks.haystack import SentencePool
 from lceval.tokenizer import TextTokenizer
 
 _CONS = "bdfgklmnprstvz"
@@ -47,26 +47,6 @@ def uuids(n: int, seed: int = 17) -> list[str]:
     while len(out) < n:
         out["-".join(HEX_GROUPS[i] for i in rng.integers(len(HEX_GROUPS), size=4))] = None
     return list(out)
-
-
-def assemble(prefix: list[int], hay: list[int], starts: list[int], pieces: list[tuple[float, list[int]]],
-             suffix: list[int]) -> tuple[list[int], list[int], list[int]]:
-    """prefix + haystack with each piece inserted at the sentence boundary nearest its fraction + suffix.
-
-    Returns the ids, each piece's token offset, and each piece's haystack cut (haystack
-    tokens before it; cut / len(hay) is its realized depth), in the order given.
-    """
-    budget = len(hay)
-    bounds = starts + [budget]
-    cuts = [nearest(bounds, f * budget) for f, _ in pieces]
-    order = sorted(range(len(pieces)), key=lambda i: (cuts[i], i))
-    ids, prev, offsets = list(prefix), 0, [0] * len(pieces)
-    for i in order:
-        ids += hay[prev : cuts[i]]
-        offsets[i] = len(ids)
-        ids += pieces[i][1]
-        prev = cuts[i]
-    return ids + hay[prev:] + suffix, offsets, cuts
 
 
 def fill(pool: SentencePool, rng: np.random.Generator, budget: int, task: str, length: int) -> tuple[list[int], list[int]]:

@@ -22,12 +22,11 @@ import pydantic
 
 from lceval.errors import UserError
 from lceval.task import Length, Sample, Samples, Task, TrainingExample
-from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool, pool_for
+from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool, assemble, pool_for
 from lceval.tasks.niah import KEYS
 from lceval.tasks.ruler.common import (
     PromptConfig,
     Wording,
-    assemble,
     fill,
     frame,
     numbers,

@@ -18,8 +18,8 @@ import pydantic
 
 from lceval.errors import UserError
 from lceval.task import DataFile, Length, Sample, Samples, Task
-from lceval.tasks.haystack import REPEAT_WORDS, pool_for
-from lceval.tasks.ruler.common import PromptConfig, Wording, assemble, fill, frame, wording, wording_words
+from lceval.tasks.haystack import REPEAT_WORDS, assemble, pool_for
+from lceval.tasks.ruler.common import PromptConfig, Wording, fill, frame, wording, wording_words
 
 HEAD = "Answer the question using the documents below ."
 QUESTION = "Question : {question} Answer :"

@@ -13,8 +13,8 @@ from __future__ import annotations
 import pydantic
 
 from lceval.task import Length, Sample, Samples, Task, TrainingExample
-from lceval.tasks.haystack import REPEAT_WORDS, pool_for
-from lceval.tasks.ruler.common import PromptConfig, Wording, assemble, fill, frame, numbers, pseudo_words, wording, wording_words
+from lceval.tasks.haystack import REPEAT_WORDS, assemble, pool_for
+from lceval.tasks.ruler.common import PromptConfig, Wording, fill, frame, numbers, pseudo_words, wording, wording_words
 
 STATEMENT = "VAR {name} = {value} ."
 QUESTION = ("Question : find every variable that is assigned the value {value} in the text above . "

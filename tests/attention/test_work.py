@@ -70,6 +70,13 @@ def test_sparse_work_proportional_to_visible_blocks(monkeypatch):
 
 
 def test_plot_layout(tmp_path):
+    """The report draws a layout: visible blocks dark, hidden ones light."""
+    import matplotlib.image
+
+    from lceval.report.figures import layout_plot
+
     attn = build_attention("sparse", block=16, local_blocks=3, global_blocks=1, stride=4)
-    attn.plot_layout(12, tmp_path / "layout.png")
+    layout_plot(attn, 12, tmp_path / "layout.png")
     assert (tmp_path / "layout.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = matplotlib.image.imread(tmp_path / "layout.png")[..., :3].mean(-1)
+    assert pixels.min() < 0.2 and pixels.max() > 0.9
