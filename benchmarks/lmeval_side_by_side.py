@@ -117,12 +117,12 @@ def per_sample(gguf: Path, args) -> dict:
 
     from lceval import registry
     from lceval.attention import build_attention
-    from lceval.config import ModelSpec, validate_task_config
+    from lceval.config import HFSpec, validate_task_config
     from lceval.models.hf import HFAdapter
     from lceval.scoring import score_batch
 
     torch.set_num_threads(args.threads)
-    adapter = HFAdapter(ModelSpec(type="hf", path=gguf, chat_template=True), progress=False)
+    adapter = HFAdapter(HFSpec(type="hf", path=gguf, chat_template=True), progress=False)
     adapter.prepare()
     ds, per = depths(args.samples)
     cls = registry.tasks.get("niah_single_1")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 
@@ -100,61 +100,93 @@ class RopeSpec(Strict):
     original_max_position_embeddings: pydantic.PositiveInt | None = None
 
 
-class ModelSpec(Strict):
-    """A model.
+HF_ONLY = ("chat_template", "trust_remote_code", "rope")
 
-    * ``type: reference``: lceval's transformer, from a ``checkpoint`` directory or a ``train`` recipe;
-    * ``type: hf``: a local Hugging Face causal LM directory or GGUF file (``path``; safetensors only), with ``dtype``,
-      ``chat_template``, ``trust_remote_code`` and a ``rope`` override;
-    * every type: ``dtype`` and ``device`` (default: ``run.device``);
-    * ``type: module``: ``factory: package.module:callable`` returning a model that follows
-      ``lceval.models.module.LcevalModel`` and a tokenizer (``options`` are its keyword arguments).
-    """
 
-    type: str = "reference"
-    checkpoint: SafePath | None = None
-    train: TrainRecipe | None = None
-    path: SafePath | None = None
-    factory: str | None = None
-    options: dict[str, Any] = pydantic.Field(default_factory=dict)
+class ModelBase(Strict):
+    """What every model type takes: ``dtype`` and ``device`` (default: ``run.device``)."""
+
+    type: str
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] | None = pydantic.Field(None, description="default: run.device")
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _hf_only(cls, data):
+        if isinstance(data, dict) and data.get("type", "reference") != "hf" and any(k in data for k in HF_ONLY):
+            raise ValueError(f"{', '.join(HF_ONLY[:-1])} and {HF_ONLY[-1]} apply to hf models only")
+        return data
+
+
+class ReferenceSpec(ModelBase):
+    """``type: reference``: lceval's transformer, from a ``checkpoint`` directory or a ``train`` recipe."""
+
+    type: Literal["reference"] = "reference"
+    checkpoint: SafePath | None = None
+    train: TrainRecipe | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self):
+        if (self.checkpoint is None) == (self.train is None):
+            raise ValueError("a reference model needs exactly one of 'checkpoint' or 'train'")
+        return self
+
+
+class HFSpec(ModelBase):
+    """``type: hf``: a local Hugging Face causal LM directory or GGUF file (``path``; safetensors only), with
+    ``chat_template``, ``trust_remote_code`` and a ``rope`` override."""
+
+    type: Literal["hf"]
+    path: SafePath = pydantic.Field(description="a directory saved with save_pretrained, or a .gguf file")
     chat_template: bool = False
     trust_remote_code: bool = False
     rope: RopeSpec | None = None
+
+
+class ModuleSpec(ModelBase):
+    """``type: module``: ``factory: package.module:callable`` returning a model that follows
+    ``lceval.models.module.LcevalModel`` and a tokenizer (``options`` are its keyword arguments)."""
+
+    type: Literal["module"]
+    factory: str
+    options: dict[str, Any] = pydantic.Field(default_factory=dict)
 
     @pydantic.field_validator("factory")
     @classmethod
     def _factory_ref(cls, v):
         import re
 
-        if v is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
             raise ValueError(f"must be package.module:callable, e.g. mypkg.models:build (got {v!r})")
         return v
 
-    @pydantic.model_validator(mode="after")
-    def _one_source(self):
-        given = {k for k in ("checkpoint", "train", "path", "factory") if getattr(self, k) is not None}
-        if self.type == "reference":
-            if (self.checkpoint is None) == (self.train is None):
-                raise ValueError("a reference model needs exactly one of 'checkpoint' or 'train'")
-            allowed = {"checkpoint", "train"}
-        elif self.type == "hf":
-            if self.path is None:
-                raise ValueError("an hf model needs 'path': a local directory saved with save_pretrained, or a .gguf file")
-            allowed = {"path"}
-        elif self.type == "module":
-            if self.factory is None:
-                raise ValueError("a module model needs 'factory: package.module:callable'")
-            allowed = {"factory"}
-        else:
-            return self  # a plugin's own adapter checks its fields
-        if given - allowed:
-            raise ValueError(f"a {self.type} model takes {' or '.join(sorted(allowed))}, not "
-                             f"{', '.join(sorted(given - allowed))}")
-        if self.type != "hf" and (self.chat_template or self.trust_remote_code or self.rope is not None):
-            raise ValueError("chat_template, trust_remote_code and rope apply to hf models only")
-        return self
+
+class PluginSpec(ModelBase):
+    """A model type a plugin registers: its own fields, which its adapter checks (``check_spec``)."""
+
+    model_config = pydantic.ConfigDict(extra="allow")
+
+
+#: the spec class of each built-in model type (tags start upper-case, so error paths leave them out)
+MODEL_SPECS = {"reference": ReferenceSpec, "hf": HFSpec, "module": ModuleSpec}
+TAGS = {"reference": "Reference", "hf": "HF", "module": "Module"}
+
+
+def _model_tag(v) -> str:
+    kind = v.get("type", "reference") if isinstance(v, dict) else getattr(v, "type", "reference")
+    return TAGS.get(kind, "Plugin") if isinstance(kind, str) else "Plugin"  # PluginSpec then names a bad type
+
+
+#: a model: one of the spec classes, chosen by ``type`` (a plugin's type gets ``PluginSpec``)
+ModelSpec = Annotated[
+    Annotated[ReferenceSpec, pydantic.Tag("Reference")] | Annotated[HFSpec, pydantic.Tag("HF")]
+    | Annotated[ModuleSpec, pydantic.Tag("Module")] | Annotated[PluginSpec, pydantic.Tag("Plugin")],
+    pydantic.Discriminator(_model_tag)]
+
+
+def model_spec(data: dict) -> ReferenceSpec | HFSpec | ModuleSpec | PluginSpec:
+    """Validate one model's mapping into its spec class."""
+    return pydantic.TypeAdapter(ModelSpec).validate_python(data)
 
 
 class PairingSpec(Strict):
@@ -259,7 +291,7 @@ def validate(model_cls: type[pydantic.BaseModel], data: Any, where: str, context
                                                                       or p in TYPE_TAGS))]
         path = _join(where, loc)
         if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(model_cls, loc[:-1])
+            allowed = _allowed_keys(model_cls, list(err["loc"])[:-1])
             hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
             raise ConfigError(path, f"unknown key{hint}") from None
         if err["type"] == "missing":
@@ -287,9 +319,14 @@ def _join(where: str, loc) -> str:
 
 
 def _allowed_keys(model_cls, loc) -> list[str]:
-    """Field names of the model found by walking ``loc`` down from ``model_cls``."""
+    """Field names of the model found by walking ``loc`` (pydantic's, union tags included) down from
+    ``model_cls``."""
     tp: Any = model_cls
     for p in loc:
+        member = _tagged(tp, p)
+        if member is not None:  # a tagged union's tag: the member it names
+            tp = member
+            continue
         tp = _unwrap(tp)
         if isinstance(tp, type) and issubclass(tp, pydantic.BaseModel):
             if p not in tp.model_fields:
@@ -302,6 +339,17 @@ def _allowed_keys(model_cls, loc) -> list[str]:
     if isinstance(tp, type) and issubclass(tp, pydantic.BaseModel):
         return list(tp.model_fields)
     return []
+
+
+def _tagged(tp, tag):
+    """The member of a discriminated union (``Annotated[A | B, Discriminator]``) whose tag is ``tag``."""
+    if typing.get_origin(tp) is not Annotated or not isinstance(tag, str):
+        return None
+    for member in typing.get_args(typing.get_args(tp)[0]):
+        meta = typing.get_args(member)[1:] if typing.get_origin(member) is Annotated else ()
+        if any(isinstance(m, pydantic.Tag) and m.tag == tag for m in meta):
+            return typing.get_args(member)[0]
+    return None
 
 
 def _unwrap(tp):

@@ -108,11 +108,11 @@ def resolve(data: dict, base_dir: Path) -> Resolved:
     for name, spec in cfg.models.items():
         adapter = registry.models.get(spec.type, where=f"models.{name}.type")
         for field in ("checkpoint", "path"):  # paths in a config are relative to its folder
-            value = getattr(spec, field)
+            value = getattr(spec, field, None)
             if value is not None and not value.is_absolute() and not str(value).startswith("zoo:"):
                 setattr(spec, field, (base_dir / value).resolve())
         adapter.check_spec(spec, f"models.{name}")  # the model type's own checks of its files
-        if spec.train is not None:
+        if getattr(spec, "train", None) is not None:
             check_recipe(spec.train, f"models.{name}.train")
     pairings: list[Pairing] = []
     positions: dict[str, str | None] = {}  # model -> its position encoding, read once

@@ -142,7 +142,7 @@ class Runner:
     def adapter(self, name: str) -> ModelAdapter:
         if name not in self._adapters:
             spec = self.config.models[name]
-            if spec.train is not None:  # a recipe becomes its (cached) checkpoint before any adapter sees it
+            if getattr(spec, "train", None) is not None:  # a recipe becomes its (cached) checkpoint before any adapter sees it
                 from lceval.train import ensure_trained
 
                 path = ensure_trained(spec.train, progress=self.progress, device=self._devices[name])

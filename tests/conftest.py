@@ -14,7 +14,7 @@ if not torch.cuda.is_available():
 import pytest
 import yaml
 
-from lceval.config import ModelSpec
+from lceval.config import model_spec
 from lceval.models.adapters import ReferenceAdapter
 from lceval.resolve import read_yaml
 
@@ -32,7 +32,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def quickstart_rotary(cache_dir) -> Path:
     """The quickstart's rotary model, as configs/quickstart.yaml names it (a shipped checkpoint)."""
-    spec = ModelSpec.model_validate(read_yaml(QUICKSTART)["models"]["rotary"])
+    spec = model_spec(read_yaml(QUICKSTART)["models"]["rotary"])
     adapter = ReferenceAdapter(spec, progress=False)
     adapter.prepare()
     return adapter.path

@@ -65,7 +65,7 @@ CASES = [
     ("run.name", "..", "run.name", "not '.' or '..'"),
     ("models.m.train.n_kv_heads", 3, "models.m.train.n_kv_heads", "must divide n_heads (2)"),
     ("models.m.train.max_length", 64, "models.m.train.max_length", "must cover the training length (128)"),
-    ("models.m.params", {"x": 1}, "models.m.params: unknown key", "allowed keys: type, checkpoint, train"),
+    ("models.m.params", {"x": 1}, "models.m.params: unknown key", "allowed keys: type, dtype, device, checkpoint, train"),
     ("pairings.0", {"model": "m", "attention": ["full", "flash"], "label": "mine"}, "pairings[0].label",
      "cannot name the 2 pairings"),
     ("pairings.0.attention", {"name": "sparse", "block": 4096}, "pairings[0].attention", "less than or equal to 1024"),

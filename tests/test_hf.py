@@ -20,7 +20,7 @@ from click.testing import CliRunner  # noqa: E402
 from conftest import assert_chat_exact, small_config, train_byte_bpe  # noqa: E402
 from lceval.attention import build_attention  # noqa: E402
 from lceval.cli import main  # noqa: E402
-from lceval.config import ModelSpec  # noqa: E402
+from lceval.config import HFSpec  # noqa: E402
 from lceval.generate import greedy_generate  # noqa: E402
 from lceval.models.hf import HFAdapter  # noqa: E402
 from lceval.store import read_rows  # noqa: E402
@@ -74,7 +74,7 @@ def hf_models(tmp_path_factory) -> dict[str, Path]:
 
 
 def _adapter(path, **spec) -> HFAdapter:
-    a = HFAdapter(ModelSpec(type="hf", path=path, **spec))
+    a = HFAdapter(HFSpec(type="hf", path=path, **spec))
     a.prepare()
     return a
 
@@ -233,7 +233,7 @@ def test_chat_template_prompts_are_exact(hf_models):
 
 
 @pytest.mark.parametrize("case,want", [
-    ({"type": "hf"}, "needs 'path'"),
+    ({"type": "hf"}, "path: required key is missing"),
     ({"type": "hf", "path": "nowhere"}, "no model directory"),
     ({"type": "module", "factory": "no_such_pkg.mod:build"}, "cannot import"),
     ({"type": "module", "factory": "not a ref"}, "package.module:callable"),

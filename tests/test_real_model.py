@@ -23,7 +23,7 @@ from click.testing import CliRunner  # noqa: E402
 from lceval import registry  # noqa: E402
 from lceval.attention import build_attention  # noqa: E402
 from lceval.cli import main  # noqa: E402
-from lceval.config import ModelSpec, validate_task_config  # noqa: E402
+from lceval.config import HFSpec, validate_task_config  # noqa: E402
 from lceval.generate import greedy_generate  # noqa: E402
 from lceval.models.hf import HFAdapter  # noqa: E402
 from lceval.scoring import score_batch  # noqa: E402
@@ -56,7 +56,7 @@ def gguf(tmp_path_factory, cache_dir) -> Path:
 @pytest.fixture(scope="module")
 def smol(gguf) -> HFAdapter:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    adapter = HFAdapter(ModelSpec(type="hf", path=gguf, chat_template=True), progress=False)
+    adapter = HFAdapter(HFSpec(type="hf", path=gguf, chat_template=True), progress=False)
     adapter.prepare()
     return adapter
 

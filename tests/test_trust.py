@@ -129,13 +129,13 @@ def test_two_processes_share_one_training(tmp_path):
 
     script = (
         "import sys, time\n"
-        "from lceval.config import ModelSpec\n"
+        "from lceval.config import ReferenceSpec\n"
         "import lceval.train as t\n"
         "real = t.train\n"
         "def counted(*a, **k):\n"
         "    open(sys.argv[1], 'a').write('trained\\n'); time.sleep(1); return real(*a, **k)\n"
         "t.train = counted\n"
-        "spec = ModelSpec.model_validate({'type': 'reference', 'train': {'d_model': 16, 'n_layers': 1, 'steps': 3,"
+        "spec = ReferenceSpec.model_validate({'type': 'reference', 'train': {'d_model': 16, 'n_layers': 1, 'steps': 3,"
         " 'batch_size': 2, 'eval_samples': 2}})\n"
         "print(t.ensure_trained(spec.train, progress=False))\n"
     )

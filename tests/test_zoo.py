@@ -112,11 +112,11 @@ def test_zoo_models_reproduce_their_cards_and_recipes(name):
     """Each shipped zoo model: its card's recipe is the one its configs/zoo_train_<task>.yaml trains, and fresh
     samples at the training length, scored with the attention variant it trained with, reproduce the card's
     accuracy within sampling error (the models that did not learn stay near their card too)."""
-    from lceval.config import ModelSpec
+    from lceval.config import model_spec
 
     task_name, spec = ZOO[name]
     model, tok, card = load_checkpoint(zoo_path(f"zoo:{name}"))
-    recipe = ModelSpec(**spec).train
+    recipe = model_spec(spec).train
     assert card["recipe"] == recipe.model_dump(mode="json")
     model.set_attention(recipe.attention.build())  # the variant it trained with
     task = fresh_task(task_name)

@@ -43,35 +43,52 @@ BAND_PAIRINGS = 8  # curve plots with more pairings leave out the 95% bands (doz
 STYLES = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"), ("X", ":"), ("*", "-.")]
 
 
+def matrix_plot(values: np.ndarray, notes: list[list[str]], xticks: list[str], yticks: list[str], xlabel: str,
+                ylabel: str, title: str, path: Path, *, cmap: str = "RdYlGn", colorbar: str = "",
+                cell: tuple[float, float] = (1.35, 0.65)) -> None:
+    """A matrix of values in [0, 1] with a note in each cell (NaN cells grey): the shared drawing of every
+    report heatmap (score by length x depth; a task's own, e.g. alignment's AER by head)."""
+    fig, ax = plt.subplots(figsize=(cell[0] * values.shape[1] + 2.8, cell[1] * values.shape[0] + 1.9))
+    im = ax.imshow(np.ma.masked_invalid(values.astype(float)), cmap=matplotlib.colormaps[cmap].with_extremes(
+        bad="#cccccc"), vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(values.shape[1]), xticks)
+    ax.set_yticks(range(values.shape[0]), yticks)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            ax.text(j, i, notes[i][j], ha="center", va="center", fontsize=6.5)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=colorbar)
+    ax.set_title(plot_text(title), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def heatmap(cells: pd.DataFrame, pairing: str, task: str, group: str, path: Path, label: str | None = None) -> None:
+    """Score by length x ``group`` (depth) for one pairing and task, with interval and n in each cell."""
     sub = cells[(cells["pairing"] == pairing) & (cells["task"] == task)]
     acc = sub.pivot(index=group, columns="context_length", values="score").sort_index()
     n = sub.pivot(index=group, columns="context_length", values="n_ran").reindex_like(acc)
     lo = sub.pivot(index=group, columns="context_length", values="ci_low").reindex_like(acc)
     hi = sub.pivot(index=group, columns="context_length", values="ci_high").reindex_like(acc)
     status = sub.pivot(index=group, columns="context_length", values="status").reindex_like(acc)
-    fig, ax = plt.subplots(figsize=(1.35 * acc.shape[1] + 2.8, 0.65 * acc.shape[0] + 1.9))
-    cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="#cccccc")
-    im = ax.imshow(np.ma.masked_invalid(acc.values.astype(float)), cmap=cmap, vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(acc.shape[1]), [f"{int(c):,}" for c in acc.columns])
     is_depth = group.endswith("depth")
     ends = {0.0: "\n(start)", 1.0: "\n(by the question)"}
-    ax.set_yticks(range(acc.shape[0]), [f"{d:.0%}{ends.get(float(d), '')}" if is_depth else str(d) for d in acc.index])
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("needle depth" if is_depth else group.removeprefix("meta."))
-    for i in range(acc.shape[0]):
-        for j in range(acc.shape[1]):
-            v = acc.values[i, j]
-            if math.isnan(v):
-                text = str(status.values[i, j]).split("=")[0].replace("_", "\n")
-            else:
-                text = f"{v:.0%}\n[{lo.values[i, j]:.0%}-{hi.values[i, j]:.0%}]\nn={int(n.values[i, j])}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=6.5)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="score (95% interval, n)")
-    ax.set_title(plot_text(f"{task}: {label or pairing}"), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    notes = [[str(status.values[i, j]).split("=")[0].replace("_", "\n") if math.isnan(acc.values[i, j]) else
+              f"{acc.values[i, j]:.0%}\n[{lo.values[i, j]:.0%}-{hi.values[i, j]:.0%}]\nn={int(n.values[i, j])}"
+              for j in range(acc.shape[1])] for i in range(acc.shape[0])]
+    matrix_plot(acc.values, notes, [f"{int(c):,}" for c in acc.columns],
+                [f"{d:.0%}{ends.get(float(d), '')}" if is_depth else str(d) for d in acc.index],
+                "context length (tokens)", "needle depth" if is_depth else group.removeprefix("meta."),
+                f"{task}: {label or pairing}", path, colorbar="score (95% interval, n)")
+
+
+def log2_axis(ax) -> None:
+    """A base-2 log x axis labelled with plain numbers (lengths, distances)."""
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def _identical_note(curves: dict[str, tuple]) -> dict[str, str]:
@@ -105,12 +122,10 @@ def curve_plot(t: pd.DataFrame, x: str, title: str, xlabel: str, path: Path, log
         if bands:
             ax.fill_between(xs, sub["ci_low"], sub["ci_high"], alpha=0.12)
     if log:
-        ax.set_xscale("log", base=2)
+        log2_axis(ax)
         ticks = sorted(set(t[x].astype(float).round()))
         if len(ticks) <= 12:
             ax.set_xticks(ticks)
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_ylim(-0.02, 1.02)
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set_xlabel(xlabel)

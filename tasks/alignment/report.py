@@ -145,23 +145,10 @@ def distance_aer(df: pd.DataFrame, bins: int = 6) -> pd.DataFrame:
 def _matrix(values: np.ndarray, notes: list[list[str]], xticks: list[str], yticks: list[str], xlabel: str,
             ylabel: str, title: str, path: Path) -> None:
     """An AER matrix: low AER is good (green), 1 is no correct link (red); unrun cells grey."""
-    from lceval.report.figures import plot_text
+    from lceval.report.figures import matrix_plot
 
-    fig, ax = plt.subplots(figsize=(1.3 * values.shape[1] + 2.8, 0.6 * values.shape[0] + 1.9))
-    cmap = matplotlib.colormaps["RdYlGn_r"].with_extremes(bad="#cccccc")
-    im = ax.imshow(np.ma.masked_invalid(values.astype(float)), cmap=cmap, vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(values.shape[1]), xticks)
-    ax.set_yticks(range(values.shape[0]), yticks)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            ax.text(j, i, notes[i][j], ha="center", va="center", fontsize=6.5)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="AER (lower is better)")
-    ax.set_title(plot_text(title), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    matrix_plot(values, notes, xticks, yticks, xlabel, ylabel, title, path, cmap="RdYlGn_r",
+                colorbar="AER (lower is better)", cell=(1.3, 0.6))
 
 
 def aer_heatmap(table: pd.DataFrame, pairing: str, layout: str, path: Path) -> None:
@@ -194,7 +181,7 @@ def head_heatmap(heads: pd.DataFrame, pairing: str, layout: str, path: Path) -> 
 
 def distance_plot(dist: pd.DataFrame, layout: str, path: Path) -> None:
     """Two panels by distance: translation accuracy (95% interval) and best-head AER (95% bootstrap interval)."""
-    from lceval.report.figures import STYLES, plot_text
+    from lceval.report.figures import STYLES, log2_axis, plot_text
 
     sub = dist[dist["layout"] == layout]
     fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.2))
@@ -206,9 +193,7 @@ def distance_plot(dist: pd.DataFrame, layout: str, path: Path) -> None:
             x = np.sqrt(g["distance_lo"].astype(float) * g["distance_hi"].astype(float))
             ax.plot(x, g[col], marker=marker, linestyle=ls, label=plot_text(pairing), alpha=0.9)
             ax.fill_between(x, g[lo], g[hi], alpha=0.12)
-        ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        log2_axis(ax)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("distance from the translation back to its source (tokens)")
         ax.set_ylabel(label)
