@@ -234,6 +234,11 @@ class RunSpec(Strict):
         "auto", description="auto: teacher forcing where it equals greedy decoding, else generation that stops "
                             "once the score is decided; generate: always generation; full: generation to a stop "
                             "token or the whole budget (complete predictions)")
+    capture: bool = pydantic.Field(
+        True, description="read attention on the evidence while answering (tasks that declare evidence spans): "
+                          "each row gets its per-head evidence mass and a diagnosis of a miss")
+    attended_mass: float = pydantic.Field(
+        0.5, gt=0, le=1, description="a head whose mass on the needle reaches this has attended to it")
     executor: Literal["local", "ray"] = pydantic.Field(
         "local", description="local: this process; ray: a Ray cluster (pip install -e '.[ray]')")
     ray: RaySpec = pydantic.Field(default_factory=lambda: RaySpec())

@@ -21,6 +21,9 @@ Fields, in the order they are written:
 * ``metric``, ``references``, ``prediction``, ``score``, ``correct``: how it was
   judged, against what, the model's answer text, the score in [0, 1] (0 when the
   row did not score), and ``score >= 1``.
+* ``diagnosis``: for tasks that declare evidence, why the answer was right or
+  wrong: ``found``, ``attended_but_wrong``, ``not_attended`` or ``out_of_reach``
+  (``lceval.diagnosis``); the per-head numbers are in ``meta.attention``.
 * ``answer_mode``: ``teacher_forcing`` or ``generate``; ``answer_logprob``: the
   answer's log-probability under teacher forcing; ``stop_reason``: why
   generation stopped (``eos``, ``stop_word``, ``decided``, ``budget``...);
@@ -87,6 +90,7 @@ class Row(pydantic.BaseModel):
     prediction: str | None = None
     score: float = 0.0
     correct: bool = False
+    diagnosis: str | None = None
     answer_mode: str | None = None
     answer_logprob: float | None = None
     stop_reason: str | None = None

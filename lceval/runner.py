@@ -23,6 +23,7 @@ from lceval.attention import Attention
 from lceval.config import Pairing, Resolved
 from lceval.cores import core_count
 from lceval.dataset import cached_samples
+from lceval.diagnosis import diagnose, out_of_reach
 from lceval.errors import ConfigError, UserError
 from lceval.models.adapters import ModelAdapter
 from lceval.rows import FAILED, Row, Status
@@ -278,7 +279,8 @@ class Runner:
             try:
                 with torch.no_grad():
                     scored = score_batch(model, task, unit.batch, adapter.tokenizer, device=adapter.device,
-                                         mode=self.config.run.answer, forced=unit.teacher_forced)
+                                         mode=self.config.run.answer, forced=unit.teacher_forced,
+                                         capture=self.config.run.capture)
             except Exception as exc:  # noqa: BLE001  (a plugin's bug must not stop the grid)
                 status, message = failure(exc)
         rows = []
@@ -287,7 +289,8 @@ class Runner:
             row_status, row_message = status, message
             if result is not None and not result.answer.finite:  # judged per sample: batch-mates keep theirs
                 row_status, row_message = Status.NONFINITE, "non-finite logits"
-            rows.append(make_row(unit.pairing, task, adapter, attention, sample, result, row_status, row_message))
+            rows.append(make_row(unit.pairing, task, adapter, attention, sample, result, row_status, row_message,
+                                 self.config.run.attended_mass))
         return rows
 
     def _refusal(self, unit: Unit, adapter: ModelAdapter, attention: Attention) -> tuple[Status, str | None]:
@@ -316,10 +319,15 @@ def failure(exc: BaseException) -> tuple[Status, str]:
 
 
 def make_row(pairing: Pairing, task: Task, adapter: ModelAdapter, attention: Attention, sample: Sample,
-             result, status: Status, message: str | None) -> Row:
+             result, status: Status, message: str | None, attended_mass: float = 0.5) -> Row:
     """One sample's row; ``result`` is its ``Scored`` (None when it did not run)."""
     ran = result is not None
     ok = ran and status is Status.OK
+    diagnosis = None
+    if ok and "_evidence" in sample.meta:
+        needle = sample.meta["_evidence"].get("needle", [])
+        diagnosis = diagnose(result.score >= 1.0, result.meta.get("attention"),
+                             out_of_reach(attention, len(sample.input_ids), needle), attended_mass)
     return Row(
         task=task.name, sample_id=sample.id, pairing=pairing.label, model=pairing.model,
         attention=attention.name, attention_params=attention.params.model_dump(), position=adapter.position,
@@ -331,6 +339,7 @@ def make_row(pairing: Pairing, task: Task, adapter: ModelAdapter, attention: Att
         prediction=result.prediction if ran else None,
         score=result.score if ok else 0.0,
         correct=bool(ok and result.score >= 1.0),
+        diagnosis=diagnosis,
         answer_mode=result.mode if ran else None,
         answer_logprob=result.answer.logprob if ran else None,
         stop_reason=result.answer.stop_reason if ran else None,

@@ -9,6 +9,7 @@ attention variant).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -37,11 +38,13 @@ def uses_teacher_forcing(task: Task, sample: Sample, stop_ids: list[int], mode: 
 
 
 def score_batch(model, task: Task, samples: list[Sample], tokenizer: TextTokenizer, *, device="cpu",
-                mode: AnswerMode = "auto", forced: bool | None = None) -> list[Scored]:
+                mode: AnswerMode = "auto", forced: bool | None = None, capture: bool = True) -> list[Scored]:
     """Score samples of one prompt length (and, under teacher forcing, one answer length).
 
     ``forced``: the teacher-forcing decision the runner made when it planned the batch (``uses_teacher_forcing`` for
-    every sample); None decides it here, the same way."""
+    every sample); None decides it here, the same way. ``capture``: for samples that declare evidence spans
+    (``meta["_evidence"]``) and a model that offers the hook, attention on the evidence is read during the same
+    pass (``lceval.diagnosis``) into each result's meta under ``attention``."""
     if len({len(s.input_ids) for s in samples}) != 1:
         raise ValueError("score_batch needs samples of one prompt length")
     prompts = torch.tensor([s.input_ids for s in samples], device=device)  # (B, T)
@@ -56,21 +59,44 @@ def score_batch(model, task: Task, samples: list[Sample], tokenizer: TextTokeniz
     if forced is None:
         forced = all(uses_teacher_forcing(task, s, stop_ids, mode) for s in samples)
     eos = tuple(tokenizer.end_ids())
-    if forced:
-        if len({len(s.answer_ids) for s in samples}) != 1:
-            raise ValueError("a teacher-forced batch needs samples of one answer length")
-        answers = torch.tensor([s.answer_ids for s in samples], device=device)  # (B, A)
-        got, how = teacher_forced(model, prompts, answers, stop_ids, eos_ids=eos), "teacher_forcing"
-    else:
-        decided = None if mode == "full" else (lambda i, tokens: task.decided(samples[i], tokens, tokenizer))
-        got = greedy_generate(model, prompts, task.max_new_tokens, stop_ids, decided=decided, eos_ids=eos)
-        how = "generate"
+    T = prompts.shape[1]
+    if forced and len({len(s.answer_ids) for s in samples}) != 1:
+        raise ValueError("a teacher-forced batch needs samples of one answer length")
+    rows = list(range(T - 1, T - 1 + len(samples[0].answer_ids))) if forced else [T - 1]
+    with _evidence_capture(model, samples, prompts, rows, capture) as cap:
+        if forced:
+            answers = torch.tensor([s.answer_ids for s in samples], device=device)  # (B, A)
+            got, how = teacher_forced(model, prompts, answers, stop_ids, eos_ids=eos), "teacher_forcing"
+        else:
+            decided = None if mode == "full" else (lambda i, tokens: task.decided(samples[i], tokens, tokenizer))
+            got = greedy_generate(model, prompts, task.max_new_tokens, stop_ids, decided=decided, eos_ids=eos)
+            how = "generate"
     out = []
-    for s, a in zip(samples, got, strict=True):
+    for i, (s, a) in enumerate(zip(samples, got, strict=True)):
         text = tokenizer.decode(a.tokens).strip()
         score = task.score(s, a.tokens, text, a.stopped) if a.finite else 0.0
-        out.append(Scored(score, text, a, how))
+        meta = {}
+        if cap is not None and cap.mass:
+            ev = s.meta["_evidence"]
+            meta["attention"] = cap.sample_stats(i, s.input_ids, a.tokens, ev.get("needle", []), ev.get("value", []),
+                                                 len(rows))
+        out.append(Scored(score, text, a, how, meta))
     return out
+
+
+@contextmanager
+def _evidence_capture(model, samples: list[Sample], prompts: torch.Tensor, rows: list[int], wanted: bool):
+    """An ``EvidenceCapture`` on the model while the answer is produced, when every sample declares evidence and
+    the model offers the capture hook; else None."""
+    if not wanted or not hasattr(model, "capture") or not all("_evidence" in s.meta for s in samples):
+        yield None
+        return
+    from lceval.attention.capture import capturing
+    from lceval.diagnosis import EvidenceCapture, span_mask
+
+    needle = span_mask([s.meta["_evidence"].get("needle", []) for s in samples], prompts.shape[1], prompts.device)
+    with capturing(model, EvidenceCapture(needle, rows)) as cap:
+        yield cap
 
 
 def _labelled(model, task: Task, prompts: torch.Tensor, samples: list[Sample]) -> list[tuple[Answer, dict]]:

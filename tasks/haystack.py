@@ -137,3 +137,25 @@ def assemble(prefix: list[int], hay: list[int], starts: list[int], pieces: list[
         ids += pieces[i][1]
         prev = cuts[i]
     return ids + hay[prev:] + suffix, offsets, cuts
+
+
+def find(tokens: list[int], piece: list[int]) -> int | None:
+    """The start of the last occurrence of ``piece`` in ``tokens`` (None if absent)."""
+    n = len(piece)
+    for i in range(len(tokens) - n, -1, -1):
+        if n and tokens[i : i + n] == piece:
+            return i
+    return None
+
+
+def evidence(offsets: list[int], pieces: list[list[int]], values: list[list[int]] | None = None) -> dict:
+    """A sample's evidence spans (``Sample.meta["_evidence"]``, read by ``lceval.diagnosis``): ``needle``, each
+    needle's whole tokens at its offset; ``value``, the tokens of the value inside each needle (where the value's
+    piece occurs in the needle's tokens; the needle is listed without a value span where it does not)."""
+    needle = [[o, o + len(p)] for o, p in zip(offsets, pieces, strict=True)]
+    value = []
+    for o, p, v in zip(offsets, pieces, values or [[]] * len(pieces), strict=True):
+        at = find(p, v)
+        if at is not None:
+            value.append([o + at, o + at + len(v)])
+    return {"needle": needle, "value": value}

@@ -20,7 +20,7 @@ import pydantic
 
 from lceval.errors import UserError
 from lceval.task import Length, Sample, Samples, Task, TaskConfig, TrainingExample
-from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool, assemble, nearest, pool_for
+from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool, assemble, evidence, nearest, pool_for
 from lceval.tokenizer import TextTokenizer
 
 KEYS = [
@@ -47,7 +47,7 @@ class NiahConfig(TaskConfig):
 
 class NeedleInAHaystack(Task):
     name = "niah"
-    version = "3"
+    version = "4"
     Config = NiahConfig
     config: NiahConfig
     metric = "exact_match"
@@ -97,7 +97,7 @@ class NeedleInAHaystack(Task):
                 answer_ids=tokenizer.piece(value),
                 meta={"depth": float(depth), "realized_depth": round(at / max(1, budget), 4), "needle_offset": offset,
                       "distance": len(ids) - offset, "sample": i, "haystack": pool.kind,
-                      "sentence_cut": pool.last_cut},
+                      "sentence_cut": pool.last_cut, "_evidence": evidence([offset], [needle], [tokenizer.piece(value)])},
             ))
         return out
 

@@ -39,7 +39,7 @@ def test_run_writes_report_and_full_equals_flash(quickstart_rotary, write_config
     for f in ["results.jsonl", "manifest.json", "report/results.csv", "report/cells.csv", "report/summary.md",
               f"report/heatmap_{file_stem('niah', 'm/full')}.png", f"report/heatmap_{file_stem('niah', 'm/flash')}.png",
               f"report/distance_{file_stem('niah')}.png", f"report/length_{file_stem('niah')}.png",
-              "report/agreement.csv", "report/report.html"]:
+              "report/agreement.csv", "report/diagnosis.csv", "report/retrieval_heads.csv", "report/report.html"]:
         assert (out / f).exists(), f
     assert res.output.strip().splitlines()[-2].startswith("report: ")
     rows = read_rows(out)
@@ -57,7 +57,8 @@ def test_run_writes_report_and_full_equals_flash(quickstart_rotary, write_config
     assert "| m/full |" in summary and "| m/flash |" in summary and "effective_length" in summary
     page = (out / "report" / "report.html").read_text()
     pngs = sorted(p.name for p in (out / "report").glob("*.png"))
-    assert page.count("src='data:image/png;base64,") == len(pngs) == 4  # self-contained: no file links
+    # self-contained, no file links: 2 heatmaps, the length and distance curves, 2 retrieval-head pictures
+    assert page.count("src='data:image/png;base64,") == len(pngs) == 6
     agree = pd.read_csv(out / "report" / "agreement.csv")
     assert agree.loc[0, "pairing"] == "m/flash" and agree.loc[0, "oracle"] == "m/full" and agree.loc[0, "agree"] == 1.0
     assert "<td>m/full</td>" in page and "<td>m/flash</td>" in page

@@ -49,10 +49,12 @@ class Capture:
 
 @contextmanager
 def capturing(model, rows, layers: Iterable[int] | None = None) -> Iterator[Capture]:
-    """Attach a ``Capture`` to a model that offers the hook (``model.capture``) for one block of code."""
+    """Attach a ``Capture`` to a model that offers the hook (``model.capture``) for one block of code.
+
+    ``rows``: the query rows to capture, or a ready ``Capture`` (a subclass that reduces as it records)."""
     if not hasattr(model, "capture"):
         raise TypeError(f"{type(model).__name__} offers no attention capture (no `capture` attribute)")
-    cap = Capture(rows, layers)
+    cap = rows if isinstance(rows, Capture) else Capture(rows, layers)
     model.capture = cap
     try:
         yield cap

@@ -100,11 +100,18 @@ class SelfAttention(nn.Module):
         """The model's attention variant over projected queries, keys and values: (B, H, T, Dh)."""
         routing = self.routing
         mod = routing.position.score_mod()
-        if routing.capture is not None:  # normalized weights of chosen rows, for alignment and probing
-            routing.capture.record(self.layer, routing.attention, q, k, v, score_mod=mod)
         if cache is None:
+            if routing.capture is not None:  # normalized weights of chosen rows, for alignment and probing
+                routing.capture.record(self.layer, routing.attention, q, k, v, score_mod=mod)
             return routing.attention(q, k, v, causal=True, score_mod=mod)
-        return routing.attention.cached(cache.layers[self.layer], q, k, v, score_mod=mod)
+        layer = cache.layers[self.layer]
+        out = routing.attention.cached(layer, q, k, v, score_mod=mod)
+        if routing.capture is not None:  # over every key so far: the cache's (softmax variants keep them)
+            if layer.k is not None:
+                routing.capture.record(self.layer, routing.attention, q, layer.k, layer.v, score_mod=mod)
+            elif cache.length == 0:  # a recurrent state keeps no keys: the prompt's own call only
+                routing.capture.record(self.layer, routing.attention, q, k, v, score_mod=mod)
+        return out
 
     def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
         B, T, _ = x.shape

@@ -30,14 +30,16 @@ from lceval import registry
 from lceval.config import ReportSpec
 from lceval.cores import core_count
 from lceval.errors import UserError
-from lceval.report.figures import draw, plan_figures
+from lceval.report.figures import draw, plan_figures, retrieval_figures
 from lceval.report.page import write_pages
 from lceval.report.tables import (
     agreement_table,
     cell_table,
+    diagnosis_table,
     distance_table,
     length_table,
     load_frame,
+    retrieval_table,
     rounded,
     ruler_table,
     summary_table,
@@ -56,6 +58,8 @@ class Tables:
     summary: pd.DataFrame
     agreement: pd.DataFrame
     ruler: pd.DataFrame | None = None
+    diagnosis: pd.DataFrame = field(default_factory=pd.DataFrame)  # why needles were missed
+    retrieval: pd.DataFrame = field(default_factory=pd.DataFrame)  # retrieval score per head
     tasks: ReportPart = field(default_factory=ReportPart)  # the tasks' own sections and figures
 
 
@@ -77,6 +81,8 @@ def build_report(run_dir: Path, threshold: float | None = None, workers: int | s
         out.mkdir(exist_ok=True)
         tables = write_tables(df, manifest, spec, out)
         figures, images = plan_figures(df, tables.cells, tables.lengths, tables.distance, manifest, out)
+        heads, head_images = retrieval_figures(tables.retrieval, out)
+        figures, images = figures + heads, images + head_images
         threads = manifest.get("config", {}).get("run", {}).get("threads", "auto")
         draw(figures, core_count(threads) if workers == "auto" else int(workers))
         return write_pages(df, manifest, spec, tables, images + tables.tasks.images, out,
@@ -103,10 +109,12 @@ def write_tables(df: pd.DataFrame, manifest: dict, spec: ReportSpec, out: Path) 
     tables = Tables(cells=cell_table(df, manifest), lengths=lengths,
                     distance=distance_table(df, spec.distance_bins, manifest),
                     summary=summary_table(df, spec.threshold, lengths), agreement=agreement_table(df),
-                    ruler=ruler_table(df, spec.threshold, lengths) if df["task"].nunique() > 1 else None)
+                    ruler=ruler_table(df, spec.threshold, lengths) if df["task"].nunique() > 1 else None,
+                    diagnosis=diagnosis_table(df), retrieval=retrieval_table(df))
     for name, t in (("cells", tables.cells), ("distance", tables.distance), ("summary", tables.summary),
-                    ("ruler", tables.ruler), ("agreement", tables.agreement)):
-        if t is not None:
+                    ("ruler", tables.ruler), ("agreement", tables.agreement), ("diagnosis", tables.diagnosis),
+                    ("retrieval_heads", tables.retrieval)):
+        if t is not None and not (name in ("diagnosis", "retrieval_heads") and t.empty):
             rounded(t).to_csv(out / f"{name}.csv", index=False)
     tables.tasks = task_reports(df, out)
     return tables

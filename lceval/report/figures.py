@@ -192,9 +192,27 @@ def layout_plot(attention, n_blocks: int, path: Path, causal: bool = True) -> No
     plt.close(fig)
 
 
+def retrieval_figures(retrieval: pd.DataFrame, out: Path) -> tuple[list[tuple], list[tuple[str, Path]]]:
+    """A layer x head picture of the retrieval scores per pairing (``retrieval_heads.csv``)."""
+    figures, images = [], []
+    if retrieval.empty:
+        return figures, images
+    for pairing, g in retrieval.groupby("pairing", sort=False):
+        values = g.pivot(index="layer", columns="head", values="score").sort_index().to_numpy()
+        notes = [[f"{v:.2f}" if v >= 0.005 else "" for v in row] for row in values]
+        path = out / f"retrieval_heads_{file_stem(pairing)}.png"
+        title = f"retrieval score per head (Wu et al. 2024), n={int(g['n'].iloc[0])}: {pairing}"
+        figures.append((matrix_plot, (values, notes, [str(h) for h in range(values.shape[1])],
+                                      [str(layer) for layer in range(values.shape[0])], "head", "layer", title, path),
+                        {"cmap": "Blues", "colorbar": "share of the needle's value tokens copied",
+                         "cell": (0.45, 0.22)}))
+        images.append((f"retrieval heads: {pairing}", path))
+    return figures, images
+
+
 def _draw_one(job: tuple) -> None:
-    fn, args = job
-    fn(*args)
+    fn, args, *kwargs = job
+    fn(*args, **(kwargs[0] if kwargs else {}))
 
 
 def draw(figures: list[tuple], workers: int) -> None:

@@ -76,6 +76,7 @@ def write_pages(df: pd.DataFrame, manifest: dict, spec, tables, images: list[tup
         sections.append((task, t.drop(columns=["task", *untested])))
     if not tables.agreement.empty:
         sections.append(("Agreement with the oracle (per sample)", tables.agreement))
+    sections += diagnosis_sections(tables.diagnosis, tables.retrieval)
     sections += tables.tasks.sections
     md = [f"# lceval report: {name}", "", rules, ""]
     for title, t in sections:
@@ -87,6 +88,21 @@ def write_pages(df: pd.DataFrame, manifest: dict, spec, tables, images: list[tup
                for task in cells["task"].unique()]
     _html(out / "report.html", name, rules, sections, images, footer, details)
     return out / "summary.md"
+
+
+def diagnosis_sections(diagnosis: pd.DataFrame, retrieval: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Why needles were missed (per task and pairing, over every length; per length in diagnosis.csv) and the
+    strongest retrieval heads of each pairing (every head in retrieval_heads.csv)."""
+    out = []
+    if not diagnosis.empty:
+        totals = diagnosis.drop(columns=["context_length"]).groupby(["task", "pairing"], sort=False).sum()
+        out.append(("Why needles were missed (rows by diagnosis, every length; per length in diagnosis.csv)",
+                    totals.reset_index()))
+    if not retrieval.empty:
+        top = (retrieval.sort_values("score", ascending=False, kind="stable").groupby("pairing", sort=False)
+               .head(5).sort_values(["pairing", "score"], ascending=[True, False], kind="stable"))
+        out.append(("Retrieval heads (Wu et al. 2024): the 5 best per pairing", top[top["score"] > 0]))
+    return out
 
 
 def _html(path: Path, name: str, rules: str, sections, images, footer: str, details=()) -> None:

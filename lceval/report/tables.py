@@ -255,3 +255,38 @@ def rounded(t: pd.DataFrame) -> pd.DataFrame:
             else:
                 out[c] = col.round(4)
     return out
+
+
+DIAGNOSES = ("found", "attended_but_wrong", "not_attended", "out_of_reach")
+
+
+def diagnosis_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows by diagnosis per task, pairing and length (rows that ran and carry one): why needles were missed."""
+    if "diagnosis" not in df or df["diagnosis"].isna().all():
+        return pd.DataFrame()
+    sub = df[df["diagnosis"].notna()]
+    counts = sub.groupby(["task", "pairing", "context_length", "diagnosis"], sort=True).size().unstack(fill_value=0)
+    counts = counts.reindex(columns=list(DIAGNOSES), fill_value=0)
+    counts.insert(0, "n", counts.sum(axis=1))
+    return counts.reset_index().rename_axis(columns=None)
+
+
+def retrieval_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Wu et al. 2024's retrieval score per head: over samples whose needle has value tokens, the mean share of
+    those tokens the head copied (its top-weighted key on the token the model emitted). One row per model,
+    pairing, layer and head; ``n`` samples."""
+    cols = ["meta.attention.copy_heads", "meta.attention.value_tokens", "meta.attention.evidence_mass"]
+    if any(c not in df for c in cols):
+        return pd.DataFrame()
+    sub = df[df["status"].eq(Status.OK.value) & df["meta.attention.value_tokens"].fillna(0).gt(0)]
+    out = []
+    for (model, pairing), g in sub.groupby(["model", "pairing"], sort=False):
+        shape = np.asarray(g["meta.attention.evidence_mass"].iloc[0]).shape  # (L, H)
+        total = np.zeros(shape)
+        for heads, k in zip(g["meta.attention.copy_heads"], g["meta.attention.value_tokens"], strict=True):
+            for layer, head, copied in heads if isinstance(heads, list) else []:
+                total[layer, head] += copied / k
+        score = total / len(g)
+        out += [{"model": model, "pairing": pairing, "layer": layer, "head": head, "score": score[layer, head],
+                 "n": len(g)} for layer in range(shape[0]) for head in range(shape[1])]
+    return pd.DataFrame(out)

@@ -22,7 +22,7 @@ import pydantic
 
 from lceval.errors import UserError
 from lceval.task import Length, Sample, Samples, Task, TrainingExample
-from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool, assemble, pool_for
+from lceval.tasks.haystack import ESSAY_WORDS, REPEAT_WORDS, SentencePool, assemble, evidence, pool_for
 from lceval.tasks.niah import KEYS
 from lceval.tasks.ruler.common import (
     PromptConfig,
@@ -78,7 +78,7 @@ class RulerNiah(Task):
     """Needle in a haystack with RULER's knobs (several keys, values and queries)."""
 
     name = "ruler_niah"
-    version = "2"
+    version = "3"
     Config = RulerNiahConfig
     config: RulerNiahConfig
     metric = "string_match_all"
@@ -147,7 +147,8 @@ class RulerNiah(Task):
         refs = [v for _, v in needles]
         meta = {"depth": float(depth), "realized_depth": round(cuts[0] / max(1, budget), 4),
                 "needle_offsets": q_offsets, "distance": len(ids) - min(q_offsets), "queries": len(queried),
-                "values_per_key": self.config.num_values, "_queried": queried}
+                "values_per_key": self.config.num_values, "_queried": queried,
+                "_evidence": evidence(q_offsets, pieces, [tokenizer.piece(v) for _, v in needles])}
         return ids, refs, meta
 
     def _needle_haystack(self, rng, tokenizer, budget, used: set[str], length):

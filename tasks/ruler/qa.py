@@ -18,7 +18,7 @@ import pydantic
 
 from lceval.errors import UserError
 from lceval.task import DataFile, Length, Sample, Samples, Task
-from lceval.tasks.haystack import REPEAT_WORDS, assemble, pool_for
+from lceval.tasks.haystack import REPEAT_WORDS, assemble, evidence, pool_for
 from lceval.tasks.ruler.common import PromptConfig, Wording, fill, frame, wording, wording_words
 
 HEAD = "Answer the question using the documents below ."
@@ -131,7 +131,7 @@ class QA(Task):
     """Question answering with the gold paragraph at a chosen depth among distractors."""
 
     name = "qa"
-    version = "2"
+    version = "3"
     Config = QAConfig
     config: QAConfig
     metric = "string_match_part"
@@ -178,6 +178,7 @@ class QA(Task):
             out.append(Sample(
                 id=f"qa/L{length}/d{depth:g}/s{i}", input_ids=ids, references=list(item["answers"]),
                 meta={"depth": float(depth), "realized_depth": round(cut / max(1, budget), 4),
-                      "needle_offsets": [offset], "distance": len(ids) - offset, "sample": i},
+                      "needle_offsets": [offset], "distance": len(ids) - offset, "sample": i,
+                      "_evidence": evidence([offset], [gold], [tokenizer.piece(item["answers"][0])])},
             ))
         return out

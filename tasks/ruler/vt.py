@@ -13,7 +13,7 @@ from __future__ import annotations
 import pydantic
 
 from lceval.task import Length, Sample, Samples, Task, TrainingExample
-from lceval.tasks.haystack import REPEAT_WORDS, assemble, pool_for
+from lceval.tasks.haystack import REPEAT_WORDS, assemble, evidence, pool_for
 from lceval.tasks.ruler.common import PromptConfig, Wording, fill, frame, numbers, pseudo_words, wording, wording_words
 
 STATEMENT = "VAR {name} = {value} ."
@@ -46,7 +46,7 @@ class VTConfig(PromptConfig):
 
 class VariableTracking(Task):
     name = "vt"
-    version = "2"
+    version = "3"
     Config = VTConfig
     config: VTConfig
     metric = "string_match_all"
@@ -83,7 +83,9 @@ class VariableTracking(Task):
         hay, starts = fill(self._pool(tokenizer), rng, budget, self.name, length)
         ids, offsets, _ = assemble(prefix, hay, starts, list(zip(fracs, statements, strict=True)), question)
         first = offsets[: hops + 1]
-        meta = {"needle_offsets": first, "distance": len(ids) - min(first), "hops": hops, "chains": chains}
+        chain = evidence(first, statements[: hops + 1], [tokenizer.piece(n) for n in names[: hops + 1]])
+        meta = {"needle_offsets": first, "distance": len(ids) - min(first), "hops": hops, "chains": chains,
+                "_evidence": chain}
         return ids, names[: hops + 1], meta
 
     def cell_samples(self, cell, tokenizer, n):
