@@ -189,12 +189,48 @@ def model_spec(data: dict) -> ReferenceSpec | HFSpec | ModuleSpec | PluginSpec:
     return pydantic.TypeAdapter(ModelSpec).validate_python(data)
 
 
+class AblationSpec(Strict):
+    """Attention heads whose output is zeroed at evaluation time (the head's slice of the attention output,
+    before the output projection): listed ``heads``, the ``top_retrieval`` K heads of an earlier run's
+    ``retrieval_heads.csv`` (``from``), or ``random`` K heads (drawn with ``seed`` from every head, or from the
+    heads outside that run's top ``exclude_top``)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", populate_by_name=True)
+    heads: list[tuple[pydantic.NonNegativeInt, pydantic.NonNegativeInt]] | None = None
+    top_retrieval: pydantic.PositiveInt | None = None
+    random: pydantic.PositiveInt | None = None
+    seed: int = 0
+    exclude_top: pydantic.PositiveInt | None = None
+    from_run: SafePath | None = pydantic.Field(None, alias="from", description="an earlier run directory")
+
+    @pydantic.model_validator(mode="after")
+    def _one_kind(self):
+        kinds = [k for k in ("heads", "top_retrieval", "random") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of heads, top_retrieval or random")
+        if self.top_retrieval is not None and self.from_run is None:
+            raise ValueError("top_retrieval needs from: the run directory whose retrieval_heads.csv ranks the heads")
+        if self.exclude_top is not None and (self.random is None or self.from_run is None):
+            raise ValueError("exclude_top goes with random and from")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.heads is not None:
+            return "ablate(" + ",".join(f"L{layer}H{h}" for layer, h in self.heads) + ")"
+        if self.top_retrieval is not None:
+            return f"ablate(top{self.top_retrieval})"
+        rest = f",not-top{self.exclude_top}" if self.exclude_top else ""
+        return f"ablate(random{self.random},s{self.seed}{rest})"
+
+
 class PairingSpec(Strict):
     """A model with an attention variant. Lists in either field expand to their cross product."""
 
     model: str | list[str]
     attention: AttentionSpec | list[AttentionSpec] = pydantic.Field(default_factory=lambda: AttentionSpec(name="full"))
     label: str | None = None
+    ablate: AblationSpec | None = pydantic.Field(None, description="heads to zero at evaluation time")
     tasks: list[str] | None = pydantic.Field(
         None, min_length=1, description="which of the config's tasks these pairings run (default: every task)")
 
@@ -263,6 +299,7 @@ class Pairing(pydantic.BaseModel):
     attention: AttentionSpec
     label: str
     tasks: list[str] | None = None  # None: every task of the config
+    ablate: AblationSpec | None = None
 
     def runs(self, task: str) -> bool:
         return self.tasks is None or task in self.tasks

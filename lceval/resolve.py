@@ -130,8 +130,12 @@ def resolve(data: dict, base_dir: Path) -> Resolved:
                 if p.label and len(models) * len(attns) > 1:
                     raise ConfigError(f"pairings[{i}].label", f"one label cannot name the {len(models) * len(attns)} "
                                       "pairings this entry expands to; split the entry or drop the label")
-                label = p.label or f"{m}/{attn.label}"
-                pairings.append(Pairing(model=m, attention=a, label=label, tasks=p.tasks))
+                label = p.label or f"{m}/{attn.label}" + (f" {p.ablate.label}" if p.ablate else "")
+                if p.ablate is not None and p.ablate.from_run is not None:
+                    if not p.ablate.from_run.is_absolute():
+                        p.ablate.from_run = (base_dir / p.ablate.from_run).resolve()
+                    retrieval_file(p.ablate.from_run, f"pairings[{i}].ablate.from")
+                pairings.append(Pairing(model=m, attention=a, label=label, tasks=p.tasks, ablate=p.ablate))
     seen: set[str] = set()
     for p in pairings:
         if p.label in seen:
@@ -147,6 +151,15 @@ def resolve(data: dict, base_dir: Path) -> Resolved:
         cls = registry.tasks.get(name, where=f"tasks.{name}")
         tasks[name] = validate_task_config(cls, raw or {}, f"tasks.{name}", base_dir)
     return Resolved(config=cfg, pairings=pairings, tasks=tasks, base_dir=base_dir)
+
+
+def retrieval_file(run_dir: Path, where: str) -> Path:
+    """An earlier run's ``report/retrieval_heads.csv`` (the heads an ablation ranks by)."""
+    path = Path(run_dir) / "report" / "retrieval_heads.csv"
+    if not path.is_file():
+        raise ConfigError(where, f"{path} not found; give the --out directory of a run whose report ranked "
+                          "retrieval heads (a run of a task with evidence spans, run.capture on)")
+    return path
 
 
 def check_attention(spec: AttentionSpec, where: str):

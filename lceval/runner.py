@@ -79,7 +79,7 @@ class Scorer:
         return {"resolved": self.resolved, "limit": self.limit, "_runner": None}
 
 
-def identity(resolved: Resolved, limit: int | None, models: dict[str, dict]) -> dict:
+def identity(resolved: Resolved, limit: int | None, models: dict[str, dict], ablations: dict | None = None) -> dict:
     """Everything that decides the rows: the config without settings that change no result
     (report, run.name, run.batch_size, run.threads, where it runs: run.executor and run.ray), the typed task
     configs (so a default or a data file's contents count), --limit, task versions, model contents, the lceval
@@ -92,7 +92,8 @@ def identity(resolved: Resolved, limit: int | None, models: dict[str, dict]) -> 
             "task_configs": {name: t.model_dump(mode="json") for name, t in resolved.tasks.items()},
             "task_versions": {name: registry.tasks.get(name).version for name in resolved.tasks},
             "models": {name: m.get("sha256") for name, m in models.items()},
-            "lceval": package_versions().get("lceval")}
+            "lceval": package_versions().get("lceval"),
+            **({"ablations": {k: [list(h) for h in v] for k, v in ablations.items()}} if ablations else {})}
 
 
 def run_id(ident: dict) -> str:
@@ -133,6 +134,7 @@ class Runner:
         self._attentions: dict[str, Attention] = {}  # pairing label -> its attention, built once
         self._attached: dict[str, tuple[str, object]] = {}  # model name -> (pairing label, model with its attention)
         self._redo: set = set()
+        self._ablations: dict[str, list[tuple[int, int]]] = {}  # pairing label -> heads it zeroes
         self._samples: dict[tuple[str, str], list[Sample]] = {}
         self.tasks = {name: registry.tasks.get(name)(cfg, seed=resolved.config.run.seed)
                       for name, cfg in resolved.tasks.items()}
@@ -159,6 +161,22 @@ class Runner:
                 raise ConfigError(f"models.{name}", str(exc)) from None
             self._adapters[name] = adapter
         return self._adapters[name]
+
+    def ablation(self, pairing: Pairing) -> list[tuple[int, int]]:
+        """The (layer, head) pairs ``pairing`` zeroes (none without ``ablate``), resolved once per pairing."""
+        if pairing.ablate is None:
+            return []
+        if pairing.label not in self._ablations:
+            from lceval.ablation import resolve_heads
+
+            adapter = self.adapter(pairing.model)
+            where = f"pairings ({pairing.label}).ablate"
+            if adapter.n_layers is None:
+                raise ConfigError(where, f"model {pairing.model} does not say its layers and heads; head ablation "
+                                  "needs a reference or hf model, or a module that sets n_layers and set_ablation")
+            self._ablations[pairing.label] = resolve_heads(pairing.ablate, pairing.model, adapter.n_layers,
+                                                           adapter.n_heads, where)
+        return self._ablations[pairing.label]
 
     def samples(self, task_name: str, adapter: ModelAdapter) -> list[Sample]:
         """A task's samples for a tokenizer: generated once, cached on disk, shared by every pairing."""
@@ -207,7 +225,8 @@ class Runner:
         with ResultsStore(out_dir) as store:
             models = {name: self.adapter(name).describe()  # train or load every model before the progress bar
                       for name in dict.fromkeys(p.model for p in self.resolved.pairings)}
-            ident = identity(self.resolved, self.limit, models)
+            ablations = {p.label: self.ablation(p) for p in self.resolved.pairings if p.ablate is not None}
+            ident = identity(self.resolved, self.limit, models, ablations)
             store.begin({"config": self.config.model_dump(mode="json"), "seed": self.config.run.seed,
                          "limit": self.limit, "run_id": run_id(ident), "identity": ident,
                          "pairings": [p.model_dump(mode="json") for p in self.resolved.pairings],
@@ -259,7 +278,11 @@ class Runner:
         attention = self._attentions[label]
         attached = self._attached.get(unit.pairing.model)
         if attached is None or attached[0] != label:  # the model holds another pairing's attention
-            attached = self._attached[unit.pairing.model] = (label, adapter.with_attention(attention))
+            model = adapter.with_attention(attention)
+            heads = self.ablation(unit.pairing)
+            if heads or hasattr(model, "set_ablation"):
+                model.set_ablation(heads)
+            attached = self._attached[unit.pairing.model] = (label, model)
         return self._score(unit, self.tasks[unit.task], adapter, attention, attached[1])
 
     def _batch_size(self, adapter: ModelAdapter, attention, seq: int) -> int:

@@ -311,3 +311,22 @@ def gathered_attention(
         s = s.masked_fill(~visible, float("-inf"))
         outs.append(grouped_values(safe_softmax(s), _wide(vb)).to(q.dtype))
     return torch.cat(outs, dim=2)
+
+
+# --- head ablation -----------------------------------------------------------------------
+def by_layer(heads: list[tuple[int, int]]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for layer, h in heads:
+        out.setdefault(layer, []).append(h)
+    return out
+
+
+def zero_heads(out, heads: list[int] | None, head_dim: int = 1):
+    """``out`` with the given heads' slices zeroed along ``head_dim`` (unchanged, not copied, when none)."""
+    if not heads:
+        return out
+    out = out.clone()
+    index = [slice(None)] * out.dim()
+    index[head_dim] = heads
+    out[tuple(index)] = 0
+    return out

@@ -52,8 +52,10 @@ class ModelAdapter:
     tokenizer: TextTokenizer
     #: longest input the model can represent (None: unbounded)
     max_length: int | None = None
-    #: query heads, for memory estimates
+    #: query heads, for memory estimates and head ablation
     n_heads: int = 1
+    #: attention layers (None: unknown; head ablation needs it)
+    n_layers: int | None = None
     position: str = "unknown"
 
     # -- what the model type knows about a spec, before anything is loaded (called while resolving a config) --
@@ -139,6 +141,7 @@ class ReferenceAdapter(ModelAdapter):
         arch = self.model.arch
         self.position = arch.position
         self.n_heads = arch.n_heads
+        self.n_layers = arch.n_layers
         self.max_length = self.model.position.max_supported_length
 
     def with_attention(self, attention: Attention) -> nn.Module:

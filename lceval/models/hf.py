@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from lceval.attention import Attention
+from lceval.attention.core import by_layer, zero_heads
 from lceval.errors import ConfigError, UserError, last_line
 from lceval.models.adapters import DTYPES, ModelAdapter, hash_files
 from lceval.tokenizer import TextTokenizer
@@ -197,6 +198,7 @@ def lceval_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tenso
     if capture is not None:
         capture.record(getattr(module, "layer_idx", 0), attention, query, key, value, scale=scaling)
     out = attention(query, key, value, causal=True, scale=scaling)
+    out = zero_heads(out, getattr(config, "lceval_ablate", {}).get(getattr(module, "layer_idx", 0)))  # (B, H, T, D)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -228,6 +230,10 @@ class HFModel(nn.Module):
     def set_attention(self, attention: Attention) -> None:
         """Route every layer's attention through ``attention`` (read by ``lceval_attention`` from the config)."""
         self.lm.config.lceval_attention = attention
+
+    def set_ablation(self, heads: list[tuple[int, int]]) -> None:
+        """Zero these (layer, head) attention outputs, before each layer's output projection."""
+        self.lm.config.lceval_ablate = by_layer(heads)
 
     @property
     def capture(self):
@@ -322,6 +328,7 @@ class HFAdapter(ModelAdapter):
         cfg = self.lm.config
         self.position = position_of(raw)
         self.n_heads = cfg.num_attention_heads
+        self.n_layers = cfg.num_hidden_layers
         table = LEARNED.get(raw.get("model_type", ""))
         self.max_length = getattr(cfg, table) if table else None  # OPT's offset of 2 is transformers' business
         self.path = path

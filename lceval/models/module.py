@@ -58,7 +58,8 @@ class ModuleModel:
     tokenizer: TextTokenizer
     position: str = "unknown"  # reported in rows: rotary, learned, alibi, none, ...
     max_length: int | None = None  # longest input the positions cover (None: unbounded)
-    n_heads: int = 1  # query heads, for memory estimates
+    n_heads: int = 1  # query heads, for memory estimates and head ablation
+    n_layers: int | None = None  # attention layers (head ablation needs it and the model's set_ablation)
 
 
 def load_factory(ref: str):
@@ -129,6 +130,7 @@ class ModuleAdapter(ModelAdapter):
         self.built = built
         self.tokenizer = built.tokenizer
         self.position, self.max_length, self.n_heads = built.position, built.max_length, built.n_heads
+        self.n_layers = built.n_layers
         if isinstance(built.model, nn.Module):
             built.model.eval().to(self.device)
             if self.spec.dtype != "auto":

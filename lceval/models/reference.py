@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from lceval.attention import Attention
 from lceval.attention.cache import KVCache, LayerCache
+from lceval.attention.core import by_layer, zero_heads
 from lceval.position import PositionEncoding, build_position
 
 EVAL_ROWS = 2048  # tokens (batch x positions) per row block when evaluating long sequences (Block._by_rows)
@@ -74,6 +75,7 @@ class Routing:
 
     def __init__(self, position: PositionEncoding, attention: Attention):
         self.position, self.attention, self.capture = position, attention, None
+        self.ablate: dict[int, list[int]] = {}  # layer -> heads whose output is zeroed
 
 
 class SelfAttention(nn.Module):
@@ -116,6 +118,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
         B, T, _ = x.shape
         y = self.attend(*self.project(x, 0 if cache is None else cache.length), cache)
+        y = zero_heads(y, self.routing.ablate.get(self.layer))  # ablated heads give nothing to the projection
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -156,7 +159,7 @@ class Block(nn.Module):
             if self.conv is not None:
                 x[:, t0:t1] += self.conv(self.ln0(x[:, t0:t1]), tail)
             q[:, :, t0:t1], k[:, :, t0:t1], v[:, :, t0:t1] = attn.project(self.ln1(x[:, t0:t1]), offset + t0)
-        y = attn.attend(q, k, v, cache)  # (B, H, T, Dh)
+        y = zero_heads(attn.attend(q, k, v, cache), attn.routing.ablate.get(attn.layer))  # (B, H, T, Dh)
         out = torch.empty_like(x)
         for t0, t1 in rows:
             h = x[:, t0:t1] + attn.out(y[:, :, t0:t1].transpose(1, 2).reshape(B, t1 - t0, -1))
@@ -179,6 +182,10 @@ class ReferenceTransformer(nn.Module):
     def set_attention(self, attention: Attention) -> None:
         """Route every layer's attention through ``attention`` (the one way to swap a model's variant)."""
         self.routing.attention = attention
+
+    def set_ablation(self, heads: list[tuple[int, int]]) -> None:
+        """Zero these (layer, head) outputs from now on (none: the model as trained)."""
+        self.routing.ablate = by_layer(heads)
 
     @property
     def attention(self) -> Attention:
