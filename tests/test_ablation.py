@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from test_hf import hf_models  # noqa: F401  (the tiny random Llama fixture)
 
 from conftest import small_config
-from test_hf import hf_models  # noqa: F401  (the tiny random Llama fixture)
 from lceval.attention import build_attention
 from lceval.cli import main
 from lceval.models.checkpoint import load_checkpoint, zoo_path
@@ -42,7 +42,7 @@ def test_ablating_a_head_zeroes_exactly_its_contribution_reference(name):
     assert torch.allclose(ablated, want, atol=1e-5)
 
 
-def test_ablating_a_head_zeroes_exactly_its_contribution_hf(hf_models):
+def test_ablating_a_head_zeroes_exactly_its_contribution_hf(hf_models):  # noqa: F811
     from lceval.config import HFSpec
     from lceval.models.hf import HFAdapter
 

@@ -44,6 +44,12 @@ def test_run_writes_report_and_full_equals_flash(quickstart_rotary, write_config
     assert res.output.strip().splitlines()[-2].startswith("report: ")
     rows = read_rows(out)
     assert len(rows) == 2 * 2 * 3 * 3
+    import pandas as pd
+
+    table = pd.read_parquet(out / "report" / "results.parquet")
+    csv = pd.read_csv(out / "report" / "results.csv")
+    assert list(table.columns) == list(csv.columns) and len(table) == len(rows)
+    assert sorted(table["sample_id"] + table["pairing"]) == sorted(r["sample_id"] + r["pairing"] for r in rows)
     full = {r["sample_id"]: r["correct"] for r in rows if r["attention"] == "full"}
     flash = {r["sample_id"]: r["correct"] for r in rows if r["attention"] == "flash"}
     assert full == flash

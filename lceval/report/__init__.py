@@ -43,6 +43,7 @@ from lceval.report.tables import (
     rounded,
     ruler_table,
     summary_table,
+    write_results,
 )
 from lceval.store import read_manifest
 from lceval.task import ReportPart
@@ -104,7 +105,7 @@ def report_spec(manifest: dict, threshold: float | None = None) -> ReportSpec:
 
 def write_tables(df: pd.DataFrame, manifest: dict, spec: ReportSpec, out: Path) -> Tables:
     """Compute every table and write each as CSV; then the tasks' own pieces."""
-    rounded(df.drop(columns=["ran", "value"])).to_csv(out / "results.csv", index=False)
+    write_results(df, out)
     lengths = length_table(df)
     tables = Tables(cells=cell_table(df, manifest), lengths=lengths,
                     distance=distance_table(df, spec.distance_bins, manifest),

@@ -290,3 +290,16 @@ def retrieval_table(df: pd.DataFrame) -> pd.DataFrame:
         out += [{"model": model, "pairing": pairing, "layer": layer, "head": head, "score": score[layer, head],
                  "n": len(g)} for layer in range(shape[0]) for head in range(shape[1])]
     return pd.DataFrame(out)
+
+
+def write_results(df: pd.DataFrame, out: Path) -> None:
+    """The tidy per-sample table: ``results.csv`` and ``results.parquet`` (mappings such as ``attention_params``
+    as JSON text in Parquet, whose structs need fields; lists stay lists)."""
+    import json
+
+    t = rounded(df.drop(columns=["ran", "value"]))
+    t.to_csv(out / "results.csv", index=False)
+    for c in t.columns:
+        if t[c].dtype == object and t[c].map(lambda v: isinstance(v, dict)).any():
+            t[c] = t[c].map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v)
+    t.to_parquet(out / "results.parquet", index=False)
