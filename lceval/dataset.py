@@ -20,7 +20,7 @@ from pathlib import Path
 from lceval.task import Sample, Task
 from lceval.tokenizer import PIECE_METHOD, TextTokenizer
 
-FORMAT = "lceval-samples/2"
+FORMAT = "lceval-samples/3"  # 3: samples carry their evidence spans (meta._evidence)
 
 
 def cache_root() -> Path:

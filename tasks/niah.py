@@ -47,7 +47,7 @@ class NiahConfig(TaskConfig):
 
 class NeedleInAHaystack(Task):
     name = "niah"
-    version = "4"
+    version = "3"
     Config = NiahConfig
     config: NiahConfig
     metric = "exact_match"

@@ -78,7 +78,7 @@ class RulerNiah(Task):
     """Needle in a haystack with RULER's knobs (several keys, values and queries)."""
 
     name = "ruler_niah"
-    version = "3"
+    version = "2"
     Config = RulerNiahConfig
     config: RulerNiahConfig
     metric = "string_match_all"

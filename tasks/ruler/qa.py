@@ -131,7 +131,7 @@ class QA(Task):
     """Question answering with the gold paragraph at a chosen depth among distractors."""
 
     name = "qa"
-    version = "3"
+    version = "2"
     Config = QAConfig
     config: QAConfig
     metric = "string_match_part"

@@ -46,7 +46,7 @@ class VTConfig(PromptConfig):
 
 class VariableTracking(Task):
     name = "vt"
-    version = "3"
+    version = "2"
     Config = VTConfig
     config: VTConfig
     metric = "string_match_all"
