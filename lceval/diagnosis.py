@@ -36,6 +36,25 @@ from lceval.attention.capture import Capture
 
 Spans = Sequence[Sequence[int]]  # [[start, end), ...] token offsets in the prompt
 DIAGNOSES = ("found", "attended_but_wrong", "not_attended", "out_of_reach")
+STRIP = 96  # bins of the attention strip the report draws per sample
+CONTEXT = 24  # tokens shown on each side of the needle in the report
+
+
+def pooled(row: Tensor, bins: int) -> list[float]:
+    """A weight row over S keys, max-pooled to ``bins`` bins (each bin: its strongest key), 3 decimals."""
+    S = row.shape[0]
+    edges = [k * S // bins for k in range(bins + 1)]
+    return [round(float(row[a:max(b, a + 1)].max()), 3) if a < S else 0.0 for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def needle_context(tokenizer, ids: list[int], needle: Spans) -> dict:
+    """The text around the first needle (``CONTEXT`` tokens each side) and the prompt's end (the question), as
+    the report shows a sample."""
+    if not needle:
+        return {}
+    a, b = needle[0]
+    return {"before": tokenizer.decode(ids[max(0, a - CONTEXT):a]), "needle": tokenizer.decode(ids[a:b]),
+            "after": tokenizer.decode(ids[b:b + CONTEXT]), "question": tokenizer.decode(ids[-2 * CONTEXT:])}
 
 
 def span_mask(spans_per_sample: Sequence[Spans], length: int, device) -> Tensor:
@@ -71,9 +90,21 @@ class EvidenceCapture(Capture):
         if first:  # (B, H, R, S): the needle's share of the first predicting row
             S = w.shape[-1]
             needle = torch.nn.functional.pad(self.needle, (0, max(0, S - self.needle.shape[1])))[:, :S]
-            self.mass[layer] = (w[:, :, 0] * needle[:, None]).sum(-1)
+            mass = self.mass[layer] = (w[:, :, 0] * needle[:, None]).sum(-1)
             self.top_first[layer] = w[:, :, 0].argmax(-1)
+            self._keep_strips(w[:, :, 0], mass)
         self.tops.setdefault(layer, []).append(w.argmax(-1))
+
+    def _keep_strips(self, rows: Tensor, mass: Tensor) -> None:
+        """For each sample, the best head so far (by needle mass): its row over the keys, max-pooled to STRIP
+        bins (the report draws it as the attention strip)."""
+        if not hasattr(self, "strips"):
+            self.strips: list[list[float] | None] = [None] * rows.shape[0]
+            self._strip_mass = torch.full((rows.shape[0],), -1.0)
+        best = mass.max(-1)  # values (B,), heads (B,)
+        for b in torch.nonzero(best.values > self._strip_mass).flatten().tolist():
+            self._strip_mass[b] = best.values[b]
+            self.strips[b] = pooled(rows[b, best.indices[b]], STRIP)
 
     def recorded_layers(self) -> list[int]:
         return sorted(self.mass)
@@ -104,7 +135,10 @@ class EvidenceCapture(Capture):
                     p = int(top[h])
                     if p in value_pos and prompt[p] == tok:
                         copied.setdefault((li, h), set()).add(p)
-        return {"evidence_mass": [[round(float(x), 4) for x in row] for row in mass.tolist()],
+        S = len(prompt)
+        strip = {"strip": self.strips[i], "strip_needle": [[a * STRIP // S, max(a * STRIP // S + 1, -(-b * STRIP // S))]
+                                                           for a, b in needle]} if getattr(self, "strips", None) else {}
+        return {"evidence_mass": [[round(float(x), 4) for x in row] for row in mass.tolist()], **strip,
                 "top_key_in_needle": bool(top_hit),
                 "best_head": [best // mass.shape[1], best % mass.shape[1]], "best_mass": round(float(mass.max()), 4),
                 "copy_heads": sorted([li, h, len(ps)] for (li, h), ps in copied.items()),

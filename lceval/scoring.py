@@ -77,9 +77,12 @@ def score_batch(model, task: Task, samples: list[Sample], tokenizer: TextTokeniz
         score = task.score(s, a.tokens, text, a.stopped) if a.finite else 0.0
         meta = {}
         if cap is not None and cap.mass:
+            from lceval.diagnosis import needle_context
+
             ev = s.meta["_evidence"]
             meta["attention"] = cap.sample_stats(i, s.input_ids, a.tokens, ev.get("needle", []), ev.get("value", []),
                                                  len(rows))
+            meta["context"] = needle_context(tokenizer, s.input_ids, ev.get("needle", []))
         out.append(Scored(score, text, a, how, meta))
     return out
 

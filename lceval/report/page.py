@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from lceval.report.samples import STYLE
+
 DEPTH_NOTE = ("Depth: 0% puts the needle at the start of the context, farthest from the question; "
               "100% puts it right before the question.")
 
@@ -86,7 +88,9 @@ def write_pages(df: pd.DataFrame, manifest: dict, spec, tables, images: list[tup
     cells = tables.cells
     details = [(f"{task}: every cell with n and 95% interval", cell_view(cells[cells["task"] == task]))
                for task in cells["task"].unique()]
-    _html(out / "report.html", name, rules, sections, images, footer, details)
+    from lceval.report.samples import samples_section
+
+    _html(out / "report.html", name, rules, sections, images, footer, details, samples_section(df))
     return out / "summary.md"
 
 
@@ -105,12 +109,13 @@ def diagnosis_sections(diagnosis: pd.DataFrame, retrieval: pd.DataFrame) -> list
     return out
 
 
-def _html(path: Path, name: str, rules: str, sections, images, footer: str, details=()) -> None:
+def _html(path: Path, name: str, rules: str, sections, images, footer: str, details=(), samples: str = "") -> None:
     parts = [f"<!doctype html><meta charset='utf-8'><title>lceval: {html.escape(name)}</title>",
              "<style>body{font-family:sans-serif;max-width:1150px;margin:2em auto;line-height:1.4}"
              "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 8px;"
              "text-align:right;white-space:nowrap}td:first-child,th:first-child{text-align:left}"
-             "img{max-width:100%}.rules{background:#f6f6f6;padding:.6em 1em}summary{cursor:pointer}</style>",
+             "img{max-width:100%}.rules{background:#f6f6f6;padding:.6em 1em}summary{cursor:pointer}"
+             + STYLE + "</style>",
              f"<h1>lceval report: {html.escape(name)}</h1>", f"<p class='rules'>{html.escape(rules)}</p>"]
     for title, t in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>")
@@ -121,5 +126,7 @@ def _html(path: Path, name: str, rules: str, sections, images, footer: str, deta
     for title, p in images:
         data = base64.b64encode(p.read_bytes()).decode()
         parts.append(f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
+    if samples:
+        parts.append(samples)
     parts.append(f"<footer><hr><p>{html.escape(footer)}</p></footer>")
     path.write_text("\n".join(parts))
