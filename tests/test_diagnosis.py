@@ -103,7 +103,8 @@ def test_a_run_diagnoses_every_row_and_reports_why(quickstart_rotary, write_conf
     assert far and all(r["diagnosis"] in ("out_of_reach", "found") for r in far)
     assert any(r["diagnosis"] == "out_of_reach" for r in far)
     table = (tmp_path / "r" / "report" / "diagnosis.csv").read_text().splitlines()
-    assert table[0] == "task,pairing,context_length,n,found,attended_but_wrong,not_attended,out_of_reach"
+    assert table[0] == "task,pairing,context_length,depth,n,found,attended_but_wrong,not_attended,out_of_reach"
+    assert len(table) == 1 + 2 * 2 * 2  # pairings x lengths x depths
     heads = (tmp_path / "r" / "report" / "retrieval_heads.csv").read_text().splitlines()
     assert heads[0] == "model,pairing,layer,head,score,n" and len(heads) == 1 + 2 * 2 * 2
     off = CliRunner().invoke(main, ["run", str(write_config(cfg, "off.yaml")), "--out", str(tmp_path / "off"),

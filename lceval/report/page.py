@@ -99,8 +99,9 @@ def diagnosis_sections(diagnosis: pd.DataFrame, retrieval: pd.DataFrame) -> list
     strongest retrieval heads of each pairing (every head in retrieval_heads.csv)."""
     out = []
     if not diagnosis.empty:
-        totals = diagnosis.drop(columns=["context_length"]).groupby(["task", "pairing"], sort=False).sum()
-        out.append(("Why needles were missed (rows by diagnosis, every length; per length in diagnosis.csv)",
+        totals = diagnosis.drop(columns=[c for c in ("context_length", "depth") if c in diagnosis]).groupby(
+            ["task", "pairing"], sort=False).sum()
+        out.append(("Why needles were missed (rows by diagnosis, every cell; per length and depth in diagnosis.csv)",
                     totals.reset_index()))
     if not retrieval.empty:
         top = (retrieval.sort_values("score", ascending=False, kind="stable").groupby("pairing", sort=False)

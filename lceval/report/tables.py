@@ -261,11 +261,15 @@ DIAGNOSES = ("found", "attended_but_wrong", "not_attended", "out_of_reach")
 
 
 def diagnosis_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows by diagnosis per task, pairing and length (rows that ran and carry one): why needles were missed."""
+    """Rows by diagnosis per task, pairing, length and (where the task has one) depth: why needles were missed."""
     if "diagnosis" not in df or df["diagnosis"].isna().all():
         return pd.DataFrame()
     sub = df[df["diagnosis"].notna()]
-    counts = sub.groupby(["task", "pairing", "context_length", "diagnosis"], sort=True).size().unstack(fill_value=0)
+    keys = ["task", "pairing", "context_length"]
+    if "meta.depth" in sub and sub["meta.depth"].notna().all():
+        sub = sub.rename(columns={"meta.depth": "depth"})
+        keys.append("depth")
+    counts = sub.groupby([*keys, "diagnosis"], sort=True).size().unstack(fill_value=0)
     counts = counts.reindex(columns=list(DIAGNOSES), fill_value=0)
     counts.insert(0, "n", counts.sum(axis=1))
     return counts.reset_index().rename_axis(columns=None)
