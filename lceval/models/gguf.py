@@ -80,15 +80,19 @@ def converted_dir(path: Path, progress: bool = False) -> Path:
 
 
 def _convert(path: Path, out: Path, progress: bool) -> None:
+    import sys
+
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     folder, name = str(path.parent), path.name
-    if progress:
-        print(f"lceval: dequantizing {name} once into {out} (safetensors, float32)", flush=True)
-    verbosity = hf_logging.get_verbosity()
+    # one line, once per file (about 25 s for a 135M model), whatever the progress setting; transformers' own
+    # per-tensor bars are off
+    print(f"lceval: dequantizing {name} once into {out} (safetensors, float32)", file=sys.stderr, flush=True)
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         try:
             config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
@@ -122,3 +126,5 @@ def _convert(path: Path, out: Path, progress: bool) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
