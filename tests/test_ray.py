@@ -115,17 +115,23 @@ def test_a_worker_killed_mid_run_is_retried_without_duplicates(quickstart_rotary
     assert rows_of(tmp_path / "ray") == rows_of(local_run)
 
 
-def test_driver_kill_9_then_resume_is_exact(quickstart_rotary, write_config, tmp_path, local_run):
-    _, cfg = configs(quickstart_rotary, write_config, max_workers=1)
-    out = tmp_path / "ray"
+def driver_with_rows(cfg, out, rows: int) -> subprocess.Popen:
+    """An `lceval run` driver in its own session, returned once it has written ``rows`` lines (or ended)."""
     cmd = [sys.executable, "-m", "lceval.cli", "run", str(cfg), "--out", str(out), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     results = out / "results.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if results.exists() and len(results.read_bytes().splitlines()) >= 6:
+        if results.exists() and len(results.read_bytes().splitlines()) >= rows:
             break
         time.sleep(0.02)
+    return proc
+
+
+def test_driver_kill_9_then_resume_is_exact(quickstart_rotary, write_config, tmp_path, local_run):
+    _, cfg = configs(quickstart_rotary, write_config, max_workers=1)
+    out = tmp_path / "ray"
+    proc = driver_with_rows(cfg, out, 6)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started
     proc.wait()
     partial = len(read_rows(out))
@@ -186,15 +192,7 @@ def test_ray_processes_go_with_a_killed_driver(quickstart_rotary, write_config, 
     from lceval.executors.reaper import descendants
 
     _, cfg = configs(quickstart_rotary, write_config, max_workers=1)
-    out = tmp_path / "ray"
-    cmd = [sys.executable, "-m", "lceval.cli", "run", str(cfg), "--out", str(out), "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    results = out / "results.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if results.exists() and len(results.read_bytes().splitlines()) >= 4:
-            break
-        time.sleep(0.05)
+    proc = driver_with_rows(cfg, tmp_path / "ray", 4)
     ray_pids = set(descendants(proc.pid))
     assert len(ray_pids) >= 3  # gcs, raylet, a worker, the reaper
     proc.send_signal(signal.SIGKILL)
