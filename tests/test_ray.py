@@ -183,7 +183,16 @@ def test_no_cluster_at_auto_is_a_config_error(quickstart_rotary, write_config, t
 
 
 def _ray_processes(pids: set[int]) -> set[int]:
-    return {p for p in pids if os.path.exists(f"/proc/{p}")}
+    """The processes of ``pids`` still running (a zombie, killed and waiting for whoever adopted it, is gone)."""
+    alive = set()
+    for p in pids:
+        try:
+            state = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            alive.add(p)
+    return alive
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="the reaper reads /proc (Linux)")
@@ -200,4 +209,5 @@ def test_ray_processes_go_with_a_killed_driver(quickstart_rotary, write_config, 
     deadline = time.time() + 20
     while _ray_processes(ray_pids) and time.time() < deadline:
         time.sleep(0.2)
-    assert not _ray_processes(ray_pids), [open(f"/proc/{p}/cmdline").read() for p in _ray_processes(ray_pids)]
+    left = _ray_processes(ray_pids)
+    assert not left, [open(f"/proc/{p}/cmdline").read() for p in left]
