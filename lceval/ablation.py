@@ -5,7 +5,7 @@ A pairing's ``ablate`` names heads directly, or ranks them by an earlier run's r
 from every head or (``exclude_top: K2``) from those outside the top K2, the control Wu et al. 2024 use.
 The chosen heads are part of the run identity. Zeroing happens inside the attention layers of the
 reference model (``ReferenceTransformer.set_ablation``) and of Hugging Face models (``lceval_attention``):
-the head's slice of the attention output, before the output projection.
+the head's slice of the attention output, before the output projection (``lceval.attention.core.zero_heads``).
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lceval.attention.core import by_layer, zero_heads  # noqa: F401  (the mechanism, beside the choice)
 from lceval.config import AblationSpec
 from lceval.errors import ConfigError
-
-__all__ = ["by_layer", "ranked_heads", "resolve_heads", "zero_heads"]
+from lceval.resolve import retrieval_file
 
 Heads = list[tuple[int, int]]
 
@@ -25,7 +23,7 @@ Heads = list[tuple[int, int]]
 def ranked_heads(run_dir, model: str) -> Heads:
     """The heads of ``model`` in an earlier run, best retrieval score first (ties by layer, head). Of several
     pairings of that model, the first exact one (full or flash) is used, else the first listed."""
-    table = pd.read_csv(run_dir / "report" / "retrieval_heads.csv")
+    table = pd.read_csv(retrieval_file(run_dir, "ablate.from"))
     mine = table[table["model"] == model]
     if mine.empty:
         raise ConfigError("ablate.from", f"{run_dir} ranked no heads of model {model!r} (its retrieval_heads.csv "
@@ -49,7 +47,8 @@ def resolve_heads(spec: AblationSpec, model: str, n_layers: int, n_heads: int, w
     ranked = ranked_heads(spec.from_run, model) if spec.from_run is not None else every
     if spec.top_retrieval is not None:
         return sorted(ranked[: spec.top_retrieval])
-    pool = [hd for hd in every if hd not in set(ranked[: spec.exclude_top or 0])]
+    excluded = set(ranked[: spec.exclude_top or 0])
+    pool = [hd for hd in every if hd not in excluded]
     if spec.random > len(pool):
         raise ConfigError(f"{where}.random", f"{spec.random} heads asked for, {len(pool)} to draw from")
     picks = np.random.default_rng(spec.seed).choice(len(pool), size=spec.random, replace=False)

@@ -33,9 +33,9 @@ import torch
 from torch import Tensor
 
 from lceval.attention.capture import Capture
+from lceval.rows import DIAGNOSES  # noqa: F401  (the values diagnose() returns)
 
 Spans = Sequence[Sequence[int]]  # [[start, end), ...] token offsets in the prompt
-DIAGNOSES = ("found", "attended_but_wrong", "not_attended", "out_of_reach")
 STRIP = 96  # bins of the attention strip the report draws per sample
 CONTEXT = 24  # tokens shown on each side of the needle in the report
 
@@ -80,6 +80,9 @@ class EvidenceCapture(Capture):
         self.mass: dict[int, Tensor] = {}  # layer -> (B, H)
         self.top_first: dict[int, Tensor] = {}  # layer -> (B, H): top key at the first predicting row
         self.tops: dict[int, list[Tensor]] = {}  # layer -> per call (B, H, R) top keys
+        # per sample: the pooled row of the head with the most needle mass so far, and that mass
+        self.strips: list[list[float] | None] = [None] * needle.shape[0]
+        self._strip_mass = torch.full((needle.shape[0],), -1.0)
 
     @torch.no_grad()
     def record(self, layer: int, attention, q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
@@ -98,9 +101,6 @@ class EvidenceCapture(Capture):
     def _keep_strips(self, rows: Tensor, mass: Tensor) -> None:
         """For each sample, the best head so far (by needle mass): its row over the keys, max-pooled to STRIP
         bins (the report draws it as the attention strip)."""
-        if not hasattr(self, "strips"):
-            self.strips: list[list[float] | None] = [None] * rows.shape[0]
-            self._strip_mass = torch.full((rows.shape[0],), -1.0)
         best = mass.max(-1)  # values (B,), heads (B,)
         for b in torch.nonzero(best.values > self._strip_mass).flatten().tolist():
             self._strip_mass[b] = best.values[b]
@@ -125,7 +125,7 @@ class EvidenceCapture(Capture):
         value_pos = {p for a, b in values for p in range(a, b)}
         copied: dict[tuple[int, int], set[int]] = {}
         for j, tok in enumerate(tokens):
-            call, row = divmod(j, positions_per_call) if positions_per_call > 1 else (j, 0)
+            call, row = divmod(j, positions_per_call)
             for li, layer in enumerate(layers):
                 calls = self.tops[layer]
                 if call >= len(calls) or row >= calls[call].shape[-1]:
@@ -137,7 +137,7 @@ class EvidenceCapture(Capture):
                         copied.setdefault((li, h), set()).add(p)
         S = len(prompt)
         strip = {"strip": self.strips[i], "strip_needle": [[a * STRIP // S, max(a * STRIP // S + 1, -(-b * STRIP // S))]
-                                                           for a, b in needle]} if getattr(self, "strips", None) else {}
+                                                           for a, b in needle]} if self.strips[i] is not None else {}
         return {"evidence_mass": [[round(float(x), 4) for x in row] for row in mass.tolist()], **strip,
                 "top_key_in_needle": bool(top_hit),
                 "best_head": [best // mass.shape[1], best % mass.shape[1]], "best_mass": round(float(mass.max()), 4),

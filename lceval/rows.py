@@ -68,6 +68,8 @@ RAN = frozenset(s.value for s in Status if s.ran)
 FAILED = frozenset(s.value for s in Status if s.failed)
 #: the fields that make a line of results.jsonl a row at all
 REQUIRED = ("pairing", "task", "sample_id", "status")
+#: the values of ``Row.diagnosis`` (``lceval.diagnosis`` decides them)
+DIAGNOSES = ("found", "attended_but_wrong", "not_attended", "out_of_reach")
 
 
 class Row(pydantic.BaseModel):

@@ -15,6 +15,8 @@ from typing import Literal
 
 import torch
 
+from lceval.attention.capture import capturing
+from lceval.diagnosis import EvidenceCapture, needle_context, span_mask
 from lceval.generate import Answer, greedy_generate, labelled, teacher_forced
 from lceval.task import Sample, Task
 from lceval.tokenizer import TextTokenizer
@@ -77,8 +79,6 @@ def score_batch(model, task: Task, samples: list[Sample], tokenizer: TextTokeniz
         score = task.score(s, a.tokens, text, a.stopped) if a.finite else 0.0
         meta = {}
         if cap is not None and cap.mass:
-            from lceval.diagnosis import needle_context
-
             ev = s.meta["_evidence"]
             meta["attention"] = cap.sample_stats(i, s.input_ids, a.tokens, ev.get("needle", []), ev.get("value", []),
                                                  len(rows))
@@ -94,9 +94,6 @@ def _evidence_capture(model, samples: list[Sample], prompts: torch.Tensor, rows:
     if not wanted or not hasattr(model, "capture") or not all("_evidence" in s.meta for s in samples):
         yield None
         return
-    from lceval.attention.capture import capturing
-    from lceval.diagnosis import EvidenceCapture, span_mask
-
     needle = span_mask([s.meta["_evidence"].get("needle", []) for s in samples], prompts.shape[1], prompts.device)
     with capturing(model, EvidenceCapture(needle, rows)) as cap:
         yield cap
@@ -108,8 +105,6 @@ def _labelled(model, task: Task, prompts: torch.Tensor, samples: list[Sample]) -
     if task.capture_rows(samples[0]) is None:
         got = labelled(model, prompts, [s.label_positions for s in samples], [s.labels for s in samples])
         return [(a, {}) for a in got]
-    from lceval.attention.capture import capturing
-
     out = []
     for i, s in enumerate(samples):
         with capturing(model, rows=task.capture_rows(s)) as cap:

@@ -33,9 +33,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from lceval.errors import UserError
-from lceval.rows import Row, key_of
+from lceval.rows import VERSION, Row, key_of
 
-SCHEMA = "lceval-results/2"
+SCHEMA = f"lceval-results/{VERSION}"  # the row format (lceval.rows.VERSION)
 RESULTS, MANIFEST, LOCK, QUARANTINE = "results.jsonl", "manifest.json", ".lock", "results.quarantine.jsonl"
 IDENTITIES = "identities"
 
@@ -66,21 +66,25 @@ def read_rows(run_dir: Path, warn=None) -> list[dict]:
 def latest_rows(run_dir: Path, warn=None, run_id: str | None = None) -> dict[tuple, dict]:
     """``read_rows`` keyed by (pairing, task, sample_id), in first-seen order; with ``run_id``, only rows of
     that run (a row of another run never supersedes one of this run)."""
-    rows: dict[tuple, dict] = {}
-    for row in _rows(run_dir, warn):
+    return _latest(_rows(run_dir, warn), run_id)
+
+
+def _latest(rows, run_id: str | None = None) -> dict[tuple, dict]:
+    out: dict[tuple, dict] = {}
+    for row in rows:
         if run_id is None or row.get("run_id") == run_id:
-            rows[key_of(row)] = row
-    return rows
+            out[key_of(row)] = row
+    return out
 
 
 def rows_of_run(run_dir: Path, run_id: str | None, warn=None) -> tuple[list[dict], int]:
     """The latest rows of ``run_id`` and how many rows of other run ids were left out. Rows written before rows
-    carried run ids all count (when none carries one); ``run_id=None`` takes every row."""
+    carried run ids all count (when none carries one); ``run_id=None`` takes every row. One pass over the file."""
     every = list(_rows(run_dir, warn))
     if run_id is None or not any(r.get("run_id") for r in every):
-        return read_rows(run_dir, warn), 0
+        return list(_latest(every).values()), 0
     other = sum(r.get("run_id") != run_id for r in every)
-    return list(latest_rows(run_dir, warn, run_id).values()), other
+    return list(_latest(every, run_id).values()), other
 
 
 def _rows(run_dir: Path, warn=None):

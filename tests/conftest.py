@@ -101,3 +101,19 @@ def small_config(checkpoint: Path, **over) -> dict:
     for key, value in over.items():
         cfg[key] = value
     return cfg
+
+
+def run_flash_and_window(checkpoint: Path, write_config, out: Path, *args: str, window: int = 16) -> Path:
+    """``lceval run`` of niah (128 and 256 tokens, depths 0 and 1, 3 samples) with flash and a sliding window on
+    the model at ``checkpoint``, into ``out`` (``args``: more options, e.g. ``--set``): the grid the diagnosis and
+    the report's sample browser read."""
+    from click.testing import CliRunner
+
+    from lceval.cli import main
+
+    cfg = small_config(checkpoint)
+    cfg["pairings"] = [{"model": "m", "attention": ["flash", {"name": "sliding_window", "window": window}]}]
+    cfg["tasks"] = {"niah": {"lengths": [128, 256], "depths": [0.0, 1.0], "samples": 3}}
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(out), "--no-progress", *args])
+    assert res.exit_code == 0, res.output
+    return out

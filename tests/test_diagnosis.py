@@ -84,18 +84,10 @@ def test_diagnosis_rules():
 def test_a_run_diagnoses_every_row_and_reports_why(quickstart_rotary, write_config, tmp_path):
     import json
 
-    from click.testing import CliRunner
-
-    from conftest import small_config
-    from lceval.cli import main
+    from conftest import run_flash_and_window
     from lceval.store import read_rows
 
-    cfg = small_config(quickstart_rotary)
-    cfg["pairings"] = [{"model": "m", "attention": ["flash", {"name": "sliding_window", "window": 16}]}]
-    cfg["tasks"] = {"niah": {"lengths": [128, 256], "depths": [0.0, 1.0], "samples": 3}}
-    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--no-progress"])
-    assert res.exit_code == 0, res.output
-    rows = read_rows(tmp_path / "r")
+    rows = read_rows(run_flash_and_window(quickstart_rotary, write_config, tmp_path / "r"))
     assert all(r["diagnosis"] in ("found", "attended_but_wrong", "not_attended", "out_of_reach") for r in rows)
     assert all((r["diagnosis"] == "found") == r["correct"] for r in rows)
     window = [r for r in rows if "sliding_window" in r["pairing"]]
@@ -107,10 +99,8 @@ def test_a_run_diagnoses_every_row_and_reports_why(quickstart_rotary, write_conf
     assert len(table) == 1 + 2 * 2 * 2  # pairings x lengths x depths
     heads = (tmp_path / "r" / "report" / "retrieval_heads.csv").read_text().splitlines()
     assert heads[0] == "model,pairing,layer,head,score,n" and len(heads) == 1 + 2 * 2 * 2
-    off = CliRunner().invoke(main, ["run", str(write_config(cfg, "off.yaml")), "--out", str(tmp_path / "off"),
-                                    "--no-progress", "--set", "run.capture=false"])
-    assert off.exit_code == 0
-    plain = read_rows(tmp_path / "off")
+    plain = read_rows(run_flash_and_window(quickstart_rotary, write_config, tmp_path / "off",
+                                           "--set", "run.capture=false"))
     assert all(r["diagnosis"] in (None, "found", "out_of_reach") and "attention" not in r["meta"] for r in plain)
     assert {r["sample_id"]: r["prediction"] for r in plain} == {r["sample_id"]: r["prediction"] for r in rows}
     assert json.loads((tmp_path / "off" / "manifest.json").read_text())["run_id"] != json.loads(

@@ -9,10 +9,8 @@ import subprocess
 import urllib.parse
 
 import pytest
-from click.testing import CliRunner
 
-from conftest import small_config
-from lceval.cli import main
+from conftest import run_flash_and_window
 from lceval.store import read_rows
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -28,12 +26,7 @@ def dom_after_load(page, fragment: str = "") -> str:
 
 
 def test_clicking_a_cell_opens_its_samples(quickstart_rotary, write_config, tmp_path):
-    cfg = small_config(quickstart_rotary)
-    cfg["pairings"] = [{"model": "m", "attention": ["flash", {"name": "sliding_window", "window": 16}]}]
-    cfg["tasks"] = {"niah": {"lengths": [128, 256], "depths": [0.0, 1.0], "samples": 3}}
-    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--no-progress"])
-    assert res.exit_code == 0, res.output
-    page = tmp_path / "r" / "report" / "report.html"
+    page = run_flash_and_window(quickstart_rotary, write_config, tmp_path / "r") / "report" / "report.html"
     text = page.read_text()
     assert not re.search(r"""(src|href)=['"]?https?:""", text)  # self-contained: no network request
     assert page.stat().st_size < 10 * 2**20

@@ -20,6 +20,7 @@ message rather than evaluated wrongly.
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 
 import torch
@@ -62,9 +63,15 @@ def _no_loop(path: Path) -> None:
             raise UserError(f"{path} is a symlink loop; point `path` at the real directory or file") from None
 
 
-def read_config(path: Path) -> dict:
-    import json
+def read_json(file: Path, fix: str):
+    """A JSON file of a model directory, or a one-line error naming it and ``fix`` (how to write it again)."""
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{file} is not valid JSON ({exc}); {fix}") from None
 
+
+def read_config(path: Path) -> dict:
     path = model_dir(path)
     if not Path(path).is_dir():
         raise UserError(f"no model directory at {path}; `path` must be a local folder saved with save_pretrained "
@@ -74,10 +81,7 @@ def read_config(path: Path) -> dict:
     if not file.is_file():
         raise UserError(f"{path} holds no config.json; point `path` at a saved Hugging Face model directory "
                         "(model.save_pretrained(dir) writes one)")
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{file} is not valid JSON ({exc}); rewrite it with model.config.save_pretrained(dir)") from None
+    raw = read_json(file, "rewrite it with model.config.save_pretrained(dir)")
     if not isinstance(raw, dict):
         raise UserError(f"{file} holds a JSON {type(raw).__name__}, not an object; rewrite it with "
                         "model.config.save_pretrained(dir)")
@@ -128,8 +132,6 @@ def check_weights(path: Path) -> None:
     weights = sorted(path.glob("*.safetensors"))
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        import json
-
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -158,18 +160,12 @@ def check_weights(path: Path) -> None:
 
 def check_tokenizer(path: Path) -> None:
     """A tokenizer's own files, not only its settings (tokenizer_config.json alone is no tokenizer)."""
-    import json
-
     if not any((path / n).is_file() for n in TOKENIZER_FILES) and not any(path.glob("*.tiktoken")):
         raise UserError(f"{path} holds no tokenizer ({' or '.join(TOKENIZER_FILES)}); save it beside the "
                         "weights with tokenizer.save_pretrained(dir)")
     file = path / "tokenizer.json"
     if file.is_file():
-        try:
-            json.loads(file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"{file} is not valid JSON ({exc}); save the tokenizer again with "
-                            "tokenizer.save_pretrained(dir)") from None
+        read_json(file, "save the tokenizer again with tokenizer.save_pretrained(dir)")
 
 
 def check_supported(config: dict) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from lceval.errors import UserError
-from lceval.rows import RAN, Row, Status
+from lceval.rows import DIAGNOSES, RAN, Row, Status
 from lceval.store import RESULTS, rows_of_run
 
 Z95 = 1.959963984540054
@@ -255,9 +255,6 @@ def rounded(t: pd.DataFrame) -> pd.DataFrame:
             else:
                 out[c] = col.round(4)
     return out
-
-
-DIAGNOSES = ("found", "attended_but_wrong", "not_attended", "out_of_reach")
 
 
 def diagnosis_table(df: pd.DataFrame) -> pd.DataFrame:
