@@ -71,20 +71,29 @@ def main():
               help="Override a config value, e.g. --set tasks.niah.samples=2 (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print the grid size and token estimate; run nothing.")
 @click.option("--limit", type=int, help="At most N samples per grid cell (N >= 1).")
+@click.option("--lengths", "only", metavar="N[,N...]",
+              help="Only these context lengths of the config's tasks and pairings, e.g. --lengths 1024 (a quick look).")
 @click.option("--retry-failed", is_flag=True,
               help="Score again the rows whose status is error, oom or nonfinite (the new rows supersede them).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @user_errors
-def run(config, out, overrides, dry_run, limit, retry_failed, no_progress):
+def run(config, out, overrides, dry_run, limit, only, retry_failed, no_progress):
     """Run the grid in CONFIG and write the report."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1 (got {limit}); omit it to run every sample")
+    lengths = None
+    if only is not None:
+        try:
+            lengths = [int(x) for x in only.split(",")]
+        except ValueError:
+            raise UserError(f"--lengths {only!r}: expected whole numbers separated by commas, e.g. "
+                            "--lengths 1024,2048") from None
     from lceval.executors import executor_for
     from lceval.report import build_report
     from lceval.resolve import load_config
     from lceval.runner import Runner
 
-    resolved = load_config(config, overrides)
+    resolved = load_config(config, overrides, lengths)
     runner = Runner(resolved, limit=limit, progress=not no_progress, retry_failed=retry_failed)
     out = out or Path("runs") / resolved.config.run.name
     runner.preflight()  # what a run would refuse at start is refused now, before anything is written

@@ -233,6 +233,11 @@ class PairingSpec(Strict):
     ablate: AblationSpec | None = pydantic.Field(None, description="heads to zero at evaluation time")
     tasks: list[str] | None = pydantic.Field(
         None, min_length=1, description="which of the config's tasks these pairings run (default: every task)")
+    lengths: list[pydantic.PositiveInt] | None = pydantic.Field(
+        None, min_length=1, description="which of its tasks' context lengths these pairings run (default: all)")
+    depths: list[pydantic.confloat(ge=0.0, le=1.0)] | None = pydantic.Field(
+        None, min_length=1, description="which of its tasks' needle depths these pairings run (default: all; "
+                                        "cells without a depth always run)")
 
 
 class RaySpec(Strict):
@@ -300,9 +305,17 @@ class Pairing(pydantic.BaseModel):
     label: str
     tasks: list[str] | None = None  # None: every task of the config
     ablate: AblationSpec | None = None
+    lengths: list[int] | None = None  # None: every length of its tasks
+    depths: list[float] | None = None  # None: every depth of its tasks
 
     def runs(self, task: str) -> bool:
         return self.tasks is None or task in self.tasks
+
+    def runs_cell(self, cell: dict) -> bool:
+        """Whether this pairing runs a grid cell (``context_length``, ``depth``) of a task it runs."""
+        length, depth = cell.get("context_length"), cell.get("depth")
+        return ((self.lengths is None or length is None or length in self.lengths)
+                and (self.depths is None or depth is None or float(depth) in self.depths))
 
 
 class Resolved(pydantic.BaseModel):

@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from lceval import registry
-from lceval.config import AttentionSpec, Pairing, Resolved, RunConfig, TrainRecipe, validate, validate_task_config
+from lceval.config import (AttentionSpec, Pairing, PairingSpec, Resolved, RunConfig, TrainRecipe, validate,
+                           validate_task_config)
 from lceval.errors import ConfigError, UserError
 
 
@@ -78,9 +79,51 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: Path, overrides: list[str] = ()) -> Resolved:
+def load_config(path: Path, overrides: list[str] = (), lengths: list[int] | None = None) -> Resolved:
     data = apply_overrides(read_yaml(path), list(overrides))
+    if lengths:
+        data = only_lengths(data, lengths)
     return resolve(data, base_dir=Path(path).resolve().parent)
+
+
+def only_lengths(data: dict, lengths: list[int]) -> dict:
+    """The config cut down to the given context lengths (``--lengths``, a quick look at a big grid): each task and
+    each pairing keeps only those of its lengths; a task left with none is dropped, and so is a pairing left with
+    no task or no length. The result is an ordinary config, so its run identity says what was cut."""
+    keep = set(lengths)
+    tasks = data.get("tasks")
+    if not isinstance(tasks, dict):
+        return data  # validation names the problem
+    have = sorted({n for t in tasks.values() if isinstance(t, dict) and isinstance(t.get("lengths"), list)
+                   for n in t["lengths"]})
+    for name in list(tasks):
+        t = tasks[name]
+        if isinstance(t, dict) and isinstance(t.get("lengths"), list):
+            t["lengths"] = [n for n in t["lengths"] if n in keep]
+            if not t["lengths"]:
+                del tasks[name]
+    if not tasks:
+        raise UserError(f"--lengths {','.join(map(str, lengths))}: no task of the config has these lengths "
+                        f"(it has {', '.join(map(str, have)) or 'none'}); pick some of those")
+    pairings = data.get("pairings")
+    if isinstance(pairings, list):
+        kept = []
+        for p in pairings:
+            if isinstance(p, dict):
+                if isinstance(p.get("tasks"), list):
+                    p["tasks"] = [t for t in p["tasks"] if t in tasks]
+                    if not p["tasks"]:
+                        continue
+                if isinstance(p.get("lengths"), list):
+                    p["lengths"] = [n for n in p["lengths"] if n in keep]
+                    if not p["lengths"]:
+                        continue
+            kept.append(p)
+        if not kept:
+            raise UserError(f"--lengths {','.join(map(str, lengths))}: no pairing of the config runs these lengths; "
+                            "pick lengths its pairings list")
+        data["pairings"] = kept
+    return data
 
 
 def inline_recipes(data: dict, base_dir: Path) -> dict:
@@ -135,7 +178,8 @@ def resolve(data: dict, base_dir: Path) -> Resolved:
                     if not p.ablate.from_run.is_absolute():
                         p.ablate.from_run = (base_dir / p.ablate.from_run).resolve()
                     retrieval_file(p.ablate.from_run, f"pairings[{i}].ablate.from")
-                pairings.append(Pairing(model=m, attention=a, label=label, tasks=p.tasks, ablate=p.ablate))
+                pairings.append(Pairing(model=m, attention=a, label=label, tasks=p.tasks, ablate=p.ablate,
+                                        lengths=p.lengths, depths=p.depths))
     seen: set[str] = set()
     for p in pairings:
         if p.label in seen:
@@ -150,7 +194,23 @@ def resolve(data: dict, base_dir: Path) -> Resolved:
     for name, raw in cfg.tasks.items():
         cls = registry.tasks.get(name, where=f"tasks.{name}")
         tasks[name] = validate_task_config(cls, raw or {}, f"tasks.{name}", base_dir)
+    for i, p in enumerate(cfg.pairings):
+        check_cell_filter(p, tasks, f"pairings[{i}]")
     return Resolved(config=cfg, pairings=pairings, tasks=tasks, base_dir=base_dir)
+
+
+def check_cell_filter(p: PairingSpec, tasks: dict, where: str) -> None:
+    """A pairing's ``lengths`` and ``depths`` must each name a cell of some task it runs (else it runs nothing
+    there, which is a typo, not a choice)."""
+    names = p.tasks or list(tasks)
+    cells = [c for n in names for c in registry.tasks.get(n)(tasks[n]).cells()]
+    for key, field in (("context_length", "lengths"), ("depth", "depths")):
+        have = sorted({float(c[key]) if key == "depth" else c[key] for c in cells if c.get(key) is not None})
+        for j, v in enumerate(getattr(p, field) or []):
+            if v not in have:
+                shown = ", ".join(f"{x:g}" for x in have) or "none"
+                raise ConfigError(f"{where}.{field}[{j}]", f"{v:g} is not a {key.replace('_', ' ')} of the tasks this "
+                                  f"pairing runs ({', '.join(names)}: {shown}); add it to a task's {field} or drop it")
 
 
 def retrieval_file(run_dir: Path, where: str) -> Path:

@@ -185,18 +185,19 @@ class Runner:
             self._samples[key], _ = cached_samples(self.tasks[task_name], adapter.tokenizer, self.limit)
         return self._samples[key]
 
+    def _cells(self, pairing: Pairing):
+        """(task, cell, samples per cell) of every grid cell a pairing runs."""
+        for name, t in self.tasks.items():
+            if pairing.runs(name):
+                n = min(self.limit or t.samples_per_cell(), t.samples_per_cell())
+                yield from ((name, c, n) for c in t.cells() if pairing.runs_cell(c))
+
     def grid_size(self) -> int:
-        per_task = {n: len(t.cells()) * min(self.limit or t.samples_per_cell(), t.samples_per_cell())
-                    for n, t in self.tasks.items()}
-        return sum(n for p in self.resolved.pairings for name, n in per_task.items() if p.runs(name))
+        return sum(n for p in self.resolved.pairings for _, _, n in self._cells(p))
 
     def estimate_tokens(self) -> int:
         """Prompt tokens to process, from the grid's context lengths (no tokenizer needed)."""
-        per_task = {}
-        for name, t in self.tasks.items():
-            n = min(self.limit or t.samples_per_cell(), t.samples_per_cell())
-            per_task[name] = sum(c.get("context_length") or 0 for c in t.cells()) * n
-        return sum(n for p in self.resolved.pairings for name, n in per_task.items() if p.runs(name))
+        return sum((c.get("context_length") or 0) * n for p in self.resolved.pairings for _, c, n in self._cells(p))
 
     def preflight(self) -> None:
         """Refuse now what the run would refuse later: prompts too short for a task's needles at its
@@ -258,7 +259,8 @@ class Runner:
                 continue
             stop_ids = task.stop_ids(adapter.tokenizer)
             pending = [s for s in self.samples(task_name, adapter)
-                       if (key := (pairing.label, task_name, s.id)) not in store.done or key in self._redo]
+                       if ((key := (pairing.label, task_name, s.id)) not in store.done or key in self._redo)
+                       and pairing.runs_cell({"context_length": len(s.input_ids), "depth": s.meta.get("depth")})]
             groups: dict[tuple[int, bool, int], list[Sample]] = defaultdict(list)
             for s in pending:
                 forced = uses_teacher_forcing(task, s, stop_ids, mode)

@@ -183,3 +183,27 @@ def test_pairings_can_run_a_subset_of_the_tasks(write_config, tmp_path):
     res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r2"), "--no-progress"])
     assert res.exit_code == 2 and "pairings[0].tasks: 'niah' is not one of the config's tasks (induction, mqar)" \
         in res.output
+
+
+def test_pairings_can_run_a_subset_of_the_lengths_and_depths(write_config, tmp_path):
+    """`lengths` and `depths` on a pairing keep it to those cells of its tasks (an expensive pairing at the long
+    lengths only), the dry run counts only those, and a value no task of the pairing has is a config error."""
+    cfg = {"run": {"name": "cells", "seed": 0, "batch_size": 4},
+           "models": {"mq": {"type": "module", "factory": "induction_oracle:build", "options": {"task": "mqar"}}},
+           "pairings": [{"model": "mq", "attention": "full"},
+                        {"model": "mq", "attention": "flash", "lengths": [128], "depths": [0.25, 0.75]}],
+           "tasks": {"mqar": {"lengths": [64, 128], "depths": [0.25, 0.5, 0.75], "samples": 2}}}
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--dry-run"])
+    assert res.exit_code == 0 and "samples to score: 16" in res.output, res.output  # 12 + 4
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    rows = read_rows(tmp_path / "r")
+    flash = sorted((r["context_length"], r["meta"]["depth"]) for r in rows if r["pairing"] == "mq/flash")
+    assert flash == [(128, 0.25), (128, 0.25), (128, 0.75), (128, 0.75)]
+    assert sum(r["pairing"] == "mq/full" for r in rows) == 12
+    for field, value, message in (("lengths", [256], "pairings[1].lengths[0]: 256 is not a context length of the "
+                                   "tasks this pairing runs (mqar: 64, 128)"),
+                                  ("depths", [0.3], "pairings[1].depths[0]: 0.3 is not a depth of the tasks")):
+        bad = {**cfg, "pairings": [cfg["pairings"][0], {**cfg["pairings"][1], field: value}]}
+        res = CliRunner().invoke(main, ["run", str(write_config(bad)), "--out", str(tmp_path / "r2"), "--dry-run"])
+        assert res.exit_code == 2 and message in res.output, res.output
