@@ -16,8 +16,7 @@ from typing import Any
 import yaml
 
 from lceval import registry
-from lceval.config import (AttentionSpec, Pairing, PairingSpec, Resolved, RunConfig, TrainRecipe, validate,
-                           validate_task_config)
+from lceval.config import AttentionSpec, Pairing, PairingSpec, Resolved, RunConfig, TrainRecipe, validate, validate_task_config
 from lceval.errors import ConfigError, UserError
 
 
@@ -202,6 +201,8 @@ def resolve(data: dict, base_dir: Path) -> Resolved:
 def check_cell_filter(p: PairingSpec, tasks: dict, where: str) -> None:
     """A pairing's ``lengths`` and ``depths`` must each name a cell of some task it runs (else it runs nothing
     there, which is a typo, not a choice)."""
+    if p.lengths is None and p.depths is None:
+        return
     names = p.tasks or list(tasks)
     cells = [c for n in names for c in registry.tasks.get(n)(tasks[n]).cells()]
     for key, field in (("context_length", "lengths"), ("depth", "depths")):

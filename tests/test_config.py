@@ -172,13 +172,30 @@ def test_dry_run_counts_cross_product(write_config):
     assert "prompt tokens to process: 3,584" in res.output  # 2 x 2 x 2 x (64 + 128 + 256)
 
 
+def test_lengths_option_keeps_only_those_lengths(write_config):
+    """--lengths cuts tasks and pairings to the given lengths; a pairing left with none is dropped."""
+    cfg = copy.deepcopy(BASE)
+    cfg["pairings"] = [{"model": "m", "attention": "full"},
+                       {"model": "m", "attention": "flash", "lengths": [128], "depths": [0.5]}]
+    cfg["tasks"]["niah"] = {"lengths": [64, 128, 256], "depths": [0, 0.5], "samples": 2}
+    path = str(write_config(cfg))
+    res = CliRunner().invoke(main, ["run", path, "--dry-run"])
+    assert res.exit_code == 0 and "samples to score: 14" in res.output, res.output  # 12 + 2
+    res = CliRunner().invoke(main, ["run", path, "--dry-run", "--lengths", "64,256"])
+    assert res.exit_code == 0, res.output
+    assert "pairings: 1 (m/full)" in res.output and "samples to score: 8" in res.output  # 2 lengths x 2 x 2
+    res = CliRunner().invoke(main, ["run", path, "--dry-run", "--lengths", "128"])
+    assert "pairings: 2 " in res.output and "samples to score: 6" in res.output  # 4 + 2
+
+
 WEIRD = [None, True, False, 0, -1, 1.5, 10**30, "", "x" * 300, "../..", [], {}, [True], [10**30], [0.5, 0.5],
          {"name": "sparse", "block": 10**9}, "\x00", "caf\u00e9", [[1]], {"a": {"b": {}}}]
 PATHS = ["run.name", "run.seed", "run.batch_size", "run.device", "run.memory_budget_mb", "run.answer", "run.threads",
          "models.m.type", "models.m.train", "models.m.train.position", "models.m.train.steps",
          "models.m.train.train_length", "models.m.train.max_length", "models.m.train.n_heads",
          "models.m.train.n_kv_heads", "models.m.train.tasks", "models.m.train.attention", "models.m.checkpoint",
-         "pairings", "pairings.0", "pairings.0.model", "pairings.0.attention", "pairings.0.label", "tasks",
+         "pairings", "pairings.0", "pairings.0.model", "pairings.0.attention", "pairings.0.label",
+         "pairings.0.tasks", "pairings.0.lengths", "pairings.0.depths", "tasks",
          "tasks.niah", "tasks.niah.lengths", "tasks.niah.depths", "tasks.niah.samples", "tasks.niah.haystack",
          "tasks.vt", "tasks.cwe", "tasks.niah_multikey_1", "report", "report.threshold", "report.distance_bins"]
 
@@ -211,6 +228,8 @@ def test_config_fuzzer_never_tracebacks(write_config):
     (["--set", "=1"], "error: --set '=1': the key path has an empty part"),
     (["--set", "tasks..samples=1"], "error: --set 'tasks..samples=1': the key path has an empty part"),
     (["--limit", "0"], "error: --limit must be at least 1 (got 0)"),
+    (["--lengths", "65"], "error: --lengths 65: no task of the config has these lengths (it has 64)"),
+    (["--lengths", "64,x"], "error: --lengths '64,x': expected whole numbers separated by commas"),
     (["--set", "models.m={type: module, factory: 'not a ref'}"],
      "error: models.m.factory: must be package.module:callable, e.g. mypkg.models:build (got 'not a ref')"),
 ])

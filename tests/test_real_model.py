@@ -10,6 +10,7 @@ import json
 import os
 import warnings
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,25 @@ def test_the_gguf_file_and_its_converted_directory_give_identical_rows(smol, ggu
     assert models["gguf"] == str(gguf) and Path(models["path"]).name.startswith("gguf-")
     from_dir = run(Path(models["path"]), tmp_path / "b")
     assert from_file == from_dir and len(from_file) == 2
+
+
+def test_the_study_config_dry_runs_and_its_quick_look_runs(gguf, tmp_path):
+    """configs/smollm2.yaml (reports/smollm2) as shipped: the dry run counts its grid, and the quick look the README
+    gives (`--limit 1 --lengths 1024`) runs every pairing that has 1k cells and writes the RULER table."""
+    paths = [f"--set=models.{m}.path={gguf}" for m in ("smol", "smol_linear", "smol_dynamic", "smol_yarn")]
+    config = str(ROOT / "configs" / "smollm2.yaml")
+    res = CliRunner().invoke(main, ["run", config, "--out", str(tmp_path / "dry"), "--dry-run", *paths])
+    assert res.exit_code == 0, res.output
+    assert "pairings: 10 " in res.output and "samples to score: 216" in res.output
+    out = tmp_path / "quick"
+    res = CliRunner().invoke(main, ["run", config, "--out", str(out), "--limit", "1", "--lengths", "1024",
+                                    "--no-progress", "--set=run.threads=2", *paths])
+    assert res.exit_code == 0, res.output
+    rows = read_rows(out)
+    assert {r["context_length"] for r in rows} == {1024} and {r["status"] for r in rows} == {"ok"}
+    # flash: every task at its 1k cells (5 + 5 + 3 x 3 depths); linear: niah_single_1 at its 3 depths
+    assert sorted(Counter(r["pairing"] for r in rows).items()) == [("smol/flash", 19), ("smol/linear", 3)]
+    flash = [r for r in rows if r["pairing"] == "smol/flash" and r["task"] == "niah_single_1"]
+    assert sum(r["score"] for r in flash) >= 4  # the pilot found 6/6 at 1k; linear attention is another function
+    ruler = (out / "report" / "ruler.csv").read_text()
+    assert "smol/flash" in ruler and "smol/linear" in ruler
