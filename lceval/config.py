@@ -275,6 +275,10 @@ class RunSpec(Strict):
         "auto", description="auto: teacher forcing where it equals greedy decoding, else generation that stops "
                             "once the score is decided; generate: always generation; full: generation to a stop "
                             "token or the whole budget (complete predictions)")
+    prefix_reuse: Literal["auto", "on", "off"] = pydantic.Field(
+        "auto", description="compute a prefix the prompts of a batch share once (chunked prefill from the cached "
+                            "prefix; the same rows): auto: for tasks whose prompts share text (a shared "
+                            "haystack); on: every generated batch; off: never")
     capture: bool = pydantic.Field(
         True, description="read attention on the evidence while answering (tasks that declare evidence spans): "
                           "each row gets its per-head evidence mass and a diagnosis of a miss")

@@ -84,6 +84,10 @@ class EvidenceCapture(Capture):
         self.strips: list[list[float] | None] = [None] * needle.shape[0]
         self._strip_mass = torch.full((needle.shape[0],), -1.0)
 
+    def shift_rows(self, offset: int) -> None:
+        super().shift_rows(offset)
+        self.first_rows = [r - offset for r in self.first_rows]
+
     @torch.no_grad()
     def record(self, layer: int, attention, q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
                score_mod=None, scale=None) -> None:

@@ -40,22 +40,28 @@ class Answer:
     logprob: float | None = None  # teacher forcing: log-probability of the reference answer
     exact: bool | None = None  # teacher forcing: answer tokens and then a stop token
     stop_reason: StopReason | None = None  # why generation ended (None: a labelled pass)
+    prefill_tokens: int | None = None  # prompt tokens this answer computed (less than the prompt: a shared prefix)
 
 
 @torch.no_grad()
 def greedy_generate(model, prompts: torch.Tensor, max_new_tokens: int, stop_ids: list[int],
                     recompute: bool = False, decided: Callable[[int, list[int]], StopReason | None] | None = None,
-                    eos_ids: tuple[int, ...] = ()) -> list[Answer]:
+                    eos_ids: tuple[int, ...] = (), reuse_prefix: bool = False) -> list[Answer]:
     """Greedy decoding of prompts (B, T) until each emits a stop id, ``max_new_tokens`` are out, or
     ``decided(i, tokens)`` returns a reason to stop sample i. ``eos_ids``: the stop ids that are the
-    model's own end tokens (reported as ``eos``; other stop ids as ``stop_word``)."""
+    model's own end tokens (reported as ``eos``; other stop ids as ``stop_word``). ``reuse_prefix``: the
+    prompts' common prefix is computed once (``prefill``)."""
     B = prompts.shape[0]
     device = prompts.device
     stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
     cache = None if recompute else model.new_cache()
     seq = prompts
-    h = model.hidden(prompts, cache=cache) if cache is not None else model.hidden(prompts)
-    logits = model.logits_at(h, torch.full((B, 1), prompts.shape[1] - 1, device=device))[:, 0]  # (B, V)
+    if cache is None:
+        h = model.hidden(prompts)
+        shared = 0
+    else:
+        h, shared = prefill(model, prompts, cache, reuse_prefix)
+    logits = model.logits_at(h, torch.full((B, 1), h.shape[1] - 1, device=device))[:, 0]  # (B, V)
     out = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=device)
     stopped = torch.zeros(B, dtype=torch.bool, device=device)
@@ -84,8 +90,47 @@ def greedy_generate(model, prompts: torch.Tensor, max_new_tokens: int, stop_ids:
             seq = torch.cat([seq, nxt[:, None]], dim=1)
             h = model.hidden(seq)
             logits = model.logits_at(h, torch.full((B, 1), seq.shape[1] - 1, device=device))[:, 0]
-    return [Answer(o, bool(s), bool(f), stop_reason=r)
-            for o, s, f, r in zip(out, stopped.tolist(), finite.tolist(), reasons, strict=True)]
+    T = prompts.shape[1]
+    computed = [T - shared + (shared if i == 0 else 0) for i in range(B)]  # the first prompt carries the prefix
+    return [Answer(o, bool(s), bool(f), stop_reason=r, prefill_tokens=c)
+            for o, s, f, r, c in zip(out, stopped.tolist(), finite.tolist(), reasons, computed, strict=True)]
+
+
+#: a common prefix shorter than this is recomputed with each prompt (an extra call costs more than it saves)
+MIN_SHARED = 16
+
+
+def common_prefix(prompts: torch.Tensor) -> int:
+    """Length of the longest prefix every row of prompts (B, T) shares."""
+    differs = (prompts != prompts[:1]).any(0)  # (T,)
+    return int(differs.int().argmax()) if bool(differs.any()) else prompts.shape[1]
+
+
+def prefill(model, prompts: torch.Tensor, cache, reuse_prefix: bool = False) -> tuple[torch.Tensor, int]:
+    """Run prompts (B, T) into an empty cache; returns the hidden states of the last computed chunk (its last
+    position is the prompt's last token) and the shared prefix length (0: none reused).
+
+    With ``reuse_prefix``, the longest prefix all prompts share (at least ``MIN_SHARED`` tokens, and never the
+    last token) is computed once, for one row, handed to every row of the cache (``batch_repeat_interleave``), and
+    the rest continues from it: a chunked prefill, the same computation as the whole prompt's (rotary offsets,
+    windows, block layouts and linear state all continue from the cache). An attention capture skips the prefix
+    (its rows lie in the rest) and reads its rows shifted by the prefix length."""
+    B, T = prompts.shape
+    shared = min(common_prefix(prompts), T - 1) if reuse_prefix and B > 1 else 0
+    if shared < MIN_SHARED:
+        return model.hidden(prompts, cache=cache), 0
+    capture = getattr(model, "capture", None)
+    if capture is not None:
+        model.capture = None
+    try:
+        model.hidden(prompts[:1, :shared], cache=cache)
+    finally:
+        if capture is not None:
+            model.capture = capture
+    if capture is not None:
+        capture.shift_rows(shared)
+    cache.batch_repeat_interleave(B)
+    return model.hidden(prompts[:, shared:], cache=cache), shared
 
 
 @torch.no_grad()

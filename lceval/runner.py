@@ -86,7 +86,7 @@ def identity(resolved: Resolved, limit: int | None, models: dict[str, dict], abl
     version."""
     config = resolved.config.model_dump(mode="json", exclude={"report"})
     config["run"] = {k: v for k, v in config["run"].items()
-                     if k not in ("name", "batch_size", "threads", "executor", "ray")}
+                     if k not in ("name", "batch_size", "threads", "executor", "ray", "prefix_reuse")}
     return {"config": config, "limit": limit,
             # typed, with defaults, resolved paths and data-file hashes (the raw config has none of these)
             "task_configs": {name: t.model_dump(mode="json") for name, t in resolved.tasks.items()},
@@ -266,6 +266,8 @@ class Runner:
                 forced = uses_teacher_forcing(task, s, stop_ids, mode)
                 groups[(len(s.input_ids), forced, len(s.answer_ids) + 1 if forced else task.max_new_tokens)].append(s)
             for (length, forced, new), group in sorted(groups.items()):  # new: tokens the answer may need
+                if self._prefix_mode(task):  # neighbours in text order share the longest prefixes
+                    group = sorted(group, key=lambda s: s.input_ids)
                 size = self._batch_size(adapter, attention, length + new)
                 for i in range(0, len(group), max(size, 1)):
                     units.append(Unit(pairing, task_name, group[i : i + max(size, 1)], length + new, size, forced))
@@ -305,7 +307,8 @@ class Runner:
                 with torch.no_grad():
                     scored = score_batch(model, task, unit.batch, adapter.tokenizer, device=adapter.device,
                                          mode=self.config.run.answer, forced=unit.teacher_forced,
-                                         capture=self.config.run.capture)
+                                         capture=self.config.run.capture,
+                                         reuse_prefix=self._reuses_prefix(task, attention, model))
             except Exception as exc:  # noqa: BLE001  (a plugin's bug must not stop the grid)
                 status, message = failure(exc)
         rows = []
@@ -317,6 +320,18 @@ class Runner:
             rows.append(make_row(unit.pairing, task, adapter, attention, sample, result, row_status, row_message,
                                  self.config.run.attended_mass))
         return rows
+
+    def _prefix_mode(self, task: Task) -> bool:
+        """Whether prompts of this task may share a prefix worth computing once (``run.prefix_reuse``)."""
+        mode = self.config.run.prefix_reuse
+        return mode == "on" or (mode == "auto" and task.shares_prefix())
+
+    def _reuses_prefix(self, task: Task, attention: Attention, model) -> bool:
+        """Prefix reuse for this batch: asked for, the model's chunked prefill equals its whole prefill (not so for
+        dynamic NTK RoPE, which rescales by the length of each call), and a capture can still read the attention
+        (a recurrent variant keeps no keys to read back over the prefix)."""
+        return (self._prefix_mode(task) and getattr(model, "chunked_prefill_exact", True)
+                and not (self.config.run.capture and getattr(attention, "recurrent", False)))
 
     def _refusal(self, unit: Unit, adapter: ModelAdapter, attention: Attention) -> tuple[Status, str | None]:
         """Why a unit is not run at all (positions too short, scores over the memory budget), else OK."""
@@ -368,6 +383,7 @@ def make_row(pairing: Pairing, task: Task, adapter: ModelAdapter, attention: Att
         answer_mode=result.mode if ran else None,
         answer_logprob=result.answer.logprob if ran else None,
         stop_reason=result.answer.stop_reason if ran else None,
-        prefill_tokens=len(sample.input_ids) if ran else None,  # prompt tokens computed (no shared prefix)
+        # prompt tokens computed: fewer where a shared prefix was computed once (the batch's first row carries it)
+        prefill_tokens=(result.answer.prefill_tokens or len(sample.input_ids)) if ran else None,
         impl=attention.last_impl if ran else None,
         status=status, message=message)

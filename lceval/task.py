@@ -248,6 +248,11 @@ class Task:
                 else None
         return None
 
+    def shares_prefix(self) -> bool:
+        """Whether prompts of one length share long prefixes (e.g. one haystack per length), so that
+        ``run.prefix_reuse: auto`` computes the shared part once. Default: no."""
+        return False
+
     def teacher_forcing(self, sample: Sample, stop_ids: list[int]) -> bool:
         """Whether one teacher-forced pass scores ``sample`` exactly as greedy generation would."""
         return (self.metric == "exact_match" and sample.answer_ids is not None and bool(stop_ids)

@@ -136,3 +136,43 @@ def test_long_evaluation_runs_in_row_blocks_and_gives_the_same_hidden_states(mon
         cache = model.new_cache()  # the rotary offset carry across calls and blocks
         first, rest = model.hidden(ids[:, :70], cache), model.hidden(ids[:, 70:], cache)
     torch.testing.assert_close(torch.cat([first, rest], 1), whole.detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("conv", [0, 3], ids=["conv0", "conv3"])
+@pytest.mark.parametrize("position,attention", list(cases()))
+def test_a_shared_prefix_computed_once_gives_the_same_generation(position, attention, conv):
+    """Prompts that share 40 of their 61 tokens (then differ, as needles at different depths do): the prefix
+    computed once for one row and handed to the batch (chunked prefill from the cache) gives the same hidden
+    states, in float64, as each prompt run whole, and the same generation; it computes fewer prompt tokens."""
+    from lceval.attention.cache import KVCache
+    from lceval.generate import prefill
+
+    model = tiny(position, attention, conv).double()
+    g = torch.Generator().manual_seed(2)
+    prompts = torch.randint(0, V, (3, 61), generator=g)
+    prompts[1:, :40] = prompts[0, :40]
+    prompts[2, 40] = (prompts[1, 40] + 1) % V  # rows 1 and 2 part at token 40 too
+    n = len(model.blocks)
+    whole = model.hidden(prompts, cache=KVCache.empty(n))[:, -1]
+    cache = KVCache.empty(n)
+    h, shared = prefill(model, prompts, cache, reuse_prefix=True)
+    assert shared == 40 and h.shape[1] == 21 and cache.length == 61
+    torch.testing.assert_close(h[:, -1], whole, rtol=1e-10, atol=1e-10)
+    plain = greedy_generate(model, prompts, 10, stop_ids=[])
+    reused = greedy_generate(model, prompts, 10, stop_ids=[], reuse_prefix=True)
+    assert [a.tokens for a in reused] == [a.tokens for a in plain]
+    assert [a.prefill_tokens for a in reused] == [61, 21, 21] and {a.prefill_tokens for a in plain} == {61}
+
+
+def test_no_prefix_is_reused_when_the_prompts_share_too_little():
+    from lceval.generate import MIN_SHARED, common_prefix
+
+    model = tiny("rotary", "flash", 0)
+    prompts = torch.randint(0, V, (2, 30), generator=torch.Generator().manual_seed(3))
+    prompts[1, : MIN_SHARED - 1] = prompts[0, : MIN_SHARED - 1]
+    prompts[1, MIN_SHARED - 1] = (prompts[0, MIN_SHARED - 1] + 1) % V
+    assert common_prefix(prompts) == MIN_SHARED - 1
+    got = greedy_generate(model, prompts, 4, stop_ids=[], reuse_prefix=True)
+    assert [a.prefill_tokens for a in got] == [30, 30]
+    same = prompts[:1].repeat(2, 1)  # identical prompts: all but the last token is shared
+    assert [a.prefill_tokens for a in greedy_generate(model, same, 4, stop_ids=[], reuse_prefix=True)] == [30, 1]

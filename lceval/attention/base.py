@@ -30,6 +30,8 @@ class Attention:
     name: ClassVar[str]
     Params: ClassVar[type[pydantic.BaseModel]] = NoParams
     supports_score_mod: ClassVar[bool] = True
+    #: the cache keeps a recurrent state instead of the keys (an attention capture cannot read back over it)
+    recurrent: ClassVar[bool] = False
 
     def __init__(self, **params):
         self.params = self.Params(**params)

@@ -38,3 +38,15 @@ class KVCache:
     @classmethod
     def empty(cls, n_layers: int) -> KVCache:
         return cls([LayerCache() for _ in range(n_layers)])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Each cached sequence ``repeats`` times along the batch (a shared prefix handed to every prompt of a
+        batch); the same call as transformers' caches."""
+        def rep(x):
+            if isinstance(x, Tensor):
+                return x.repeat_interleave(repeats, dim=0)
+            return type(x)(rep(t) for t in x) if isinstance(x, tuple | list) else x
+
+        for layer in self.layers:
+            layer.k, layer.v, layer.state, layer.conv_tail = map(rep, (layer.k, layer.v, layer.state,
+                                                                       layer.conv_tail))

@@ -32,6 +32,11 @@ class Capture:
         self.layers = None if layers is None else set(layers)
         self.weights: dict[int, Tensor] = {}
 
+    def shift_rows(self, offset: int) -> None:
+        """The rows as indices into a call whose first ``offset`` positions came from a cache (a shared prefix
+        computed before): row r becomes r - offset."""
+        self.rows = _shift(self.rows, offset)
+
     def wants(self, layer: int) -> bool:
         return self.layers is None or layer in self.layers
 
@@ -45,6 +50,13 @@ class Capture:
     def stacked(self) -> Tensor:
         """(L, B, H, R, S) over the recorded layers in order."""
         return torch.stack([self.weights[i] for i in sorted(self.weights)])
+
+
+def _shift(rows, offset: int):
+    if isinstance(rows, slice):
+        return slice(None if rows.start is None else rows.start - offset,
+                     None if rows.stop is None else rows.stop - offset, rows.step)
+    return rows - offset if isinstance(rows, Tensor) else [r - offset for r in rows]
 
 
 @contextmanager

@@ -54,6 +54,7 @@ class LinearAttention(Attention):
     name = "linear"
     Params = LinearParams
     supports_score_mod = False
+    recurrent = True
 
     def phi(self, x: Tensor) -> Tensor:
         """The feature map in float32 (float64 inputs stay float64)."""

@@ -223,6 +223,15 @@ class HFModel(nn.Module):
         # the keyword the model's forward takes its KV cache by (``cache`` from transformers 5.24 on)
         self.cache_arg = "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
 
+    @property
+    def chunked_prefill_exact(self) -> bool:
+        """Whether a prompt run in chunks over the cache equals it run whole. Not with RoPE that rescales by the
+        length of each call (dynamic NTK, LongRoPE): the prefix's keys would be rotated for a shorter input."""
+        config = self.lm.config
+        params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        kind = params.get("rope_type", params.get("type")) if isinstance(params, dict) else None
+        return kind not in ("dynamic", "longrope")
+
     def set_attention(self, attention: Attention) -> None:
         """Route every layer's attention through ``attention`` (read by ``lceval_attention`` from the config)."""
         self.lm.config.lceval_attention = attention

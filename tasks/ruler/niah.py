@@ -59,6 +59,10 @@ class RulerNiahConfig(PromptConfig):
     depths: list[pydantic.confloat(ge=0.0, le=1.0)] = pydantic.Field(default=[0.0, 0.25, 0.5, 0.75, 1.0], min_length=1)
     samples: Samples = 10
     haystack: Literal["noise", "essay", "needle"] = "essay"
+    shared_haystack: bool = pydantic.Field(
+        False, description="every sample of a length reads the same haystack text (as RULER and the original needle "
+                           "test do) instead of its own; prompts of one length then share their text up to the "
+                           "first needle, and run.prefix_reuse computes that prefix once")
     key_type: Kind = "words"
     value_type: Kind = "numbers"
     num_keys: pydantic.PositiveInt = pydantic.Field(1, description="keys written in the text (the queried ones and distractors)")
@@ -85,6 +89,9 @@ class RulerNiah(Task):
     max_new_tokens = 128  # RULER's budget for niah
     group_by = ("depth",)
     distance_key = "distance"
+
+    def shares_prefix(self) -> bool:
+        return self.config.shared_haystack and self.config.haystack != "needle"
 
     # -- vocabulary --------------------------------------------------------------------
     def _values(self, kind: str, seed: int = 0) -> list[str]:
@@ -139,8 +146,9 @@ class RulerNiah(Task):
         budget = length - fixed
         if self.config.haystack == "needle":  # the haystack itself: distractor needles with other keys
             hay, starts = self._needle_haystack(rng, tokenizer, budget, set(table), length)
-        else:
-            hay, starts = fill(self._pool(tokenizer), rng, budget, self.name, length)
+        else:  # a shared haystack starts where every sample of this length starts
+            hay_rng = self.rng(length, "haystack") if self.config.shared_haystack else rng
+            hay, starts = fill(self._pool(tokenizer), hay_rng, budget, self.name, length)
         fracs = [depth] + list(rng.random(len(pieces) - 1 + len(extra)))
         ids, offsets, cuts = assemble(prefix, hay, starts, list(zip(fracs, pieces + extra, strict=True)), question)
         q_offsets = offsets[: len(pieces)]
