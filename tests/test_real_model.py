@@ -163,3 +163,17 @@ def test_the_study_config_dry_runs_and_its_quick_look_runs(gguf, tmp_path):
     assert sum(r["score"] for r in flash) >= 4  # the pilot found 6/6 at 1k; linear attention is another function
     ruler = (out / "report" / "ruler.csv").read_text()
     assert "smol/flash" in ruler and "smol/linear" in ruler
+
+
+def test_a_shared_prefix_reused_gives_the_same_answers_on_the_real_model(smol):
+    """One haystack for every sample of a length: the batch's common prefix (instruction and haystack up to the
+    first needle) is computed once, and the answers equal independent prefill's, for flash and a window."""
+    task = _task("niah_single_1", lengths=[512], depths=[0.5, 1.0], samples=2, shared_haystack=True)
+    samples = sorted(task.samples(smol.tokenizer), key=lambda s: s.input_ids)
+    for attention in (build_attention("flash"), build_attention("sliding_window", window=128)):
+        model = smol.with_attention(attention)
+        plain = score_batch(model, task, samples, smol.tokenizer)
+        reused = score_batch(model, task, samples, smol.tokenizer, reuse_prefix=True)
+        assert [(s.prediction, s.score) for s in reused] == [(s.prediction, s.score) for s in plain]
+        assert sum(s.answer.prefill_tokens for s in reused) < 0.8 * 4 * 512  # over a fifth of the prompt reused
+        assert [s.meta["attention"]["best_head"] for s in reused] == [s.meta["attention"]["best_head"] for s in plain]
