@@ -70,13 +70,18 @@ def depths(n: int) -> tuple[list[float], int]:
     return [round(i / (k - 1), 4) if k > 1 else 0.5 for i in range(k)], n // k
 
 
-def config(gguf: Path, args) -> dict:
+def task_config(args, shared: bool) -> dict:
+    """niah_single_1 at ``--length``: ``--samples`` prompts over evenly spaced depths, one haystack per length
+    when ``shared``."""
     ds, per = depths(args.samples)
+    return {"lengths": [args.length], "depths": ds, "samples": per, "shared_haystack": shared}
+
+
+def config(gguf: Path, args) -> dict:
     return {"run": {"name": "side-by-side", "threads": args.threads, "batch_size": args.batch_size},
             "models": {"smol": {"type": "hf", "path": str(gguf), "chat_template": True}},
             "pairings": [{"model": "smol", "attention": "flash"}],
-            "tasks": {"niah_single_1": {"lengths": [args.length], "depths": ds, "samples": per,
-                                        "shared_haystack": args.shared_haystack}},
+            "tasks": {"niah_single_1": task_config(args, args.shared_haystack)},
             "report": {}}
 
 
@@ -130,10 +135,12 @@ def per_sample(gguf: Path, args) -> dict:
     torch.set_num_threads(args.threads)
     adapter = HFAdapter(HFSpec(type="hf", path=gguf, chat_template=True), progress=False)
     adapter.prepare()
-    ds, per = depths(args.samples)
     cls = registry.tasks.get("niah_single_1")
-    task = cls(validate_task_config(cls, {"lengths": [args.length], "depths": ds, "samples": per,
-                                          "shared_haystack": args.shared_haystack}, "t"), seed=0)
+
+    def make_task(shared: bool):
+        return cls(validate_task_config(cls, task_config(args, shared), "t"), seed=0)
+
+    task = make_task(args.shared_haystack)
     samples = task.samples(adapter.tokenizer)
     model = adapter.with_attention(build_attention("flash"))
     plain = AutoModelForCausalLM.from_pretrained(adapter.path, dtype=torch.float32, attn_implementation="sdpa").eval()
@@ -153,9 +160,8 @@ def per_sample(gguf: Path, args) -> dict:
         scores.append(got.score)
     # prefix reuse: batches of prompts in text order (as the runner plans them), the common prefix computed once
     if not args.shared_haystack:
-        shared = cls(validate_task_config(cls, {"lengths": [args.length], "depths": ds, "samples": per,
-                                                "shared_haystack": True}, "t"), seed=0)
-        samples = shared.samples(adapter.tokenizer)
+        task = make_task(True)
+        samples = task.samples(adapter.tokenizer)
     samples = sorted(samples, key=lambda s: s.input_ids)
     reused, computed = [], 0
     for i in range(0, len(samples), args.reuse_batch):

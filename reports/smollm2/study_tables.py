@@ -85,8 +85,9 @@ def rope_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def head_ranking(df: pd.DataFrame, length: int) -> pd.Series:
-    """Wu et al.'s retrieval score per (layer, head) for flash at one length (all tasks with value tokens)."""
+def head_ranking(df: pd.DataFrame, length: int) -> tuple[pd.Series, int]:
+    """Wu et al.'s retrieval score per (layer, head) for flash at one length (all tasks with value tokens), best
+    first, and the number of samples it averages."""
     g = df[(df.pairing == "smol/flash") & (df.context_length == length) & (df.status == "ok")
            & df["meta.attention.value_tokens"].fillna(0).gt(0)]
     total: dict[tuple[int, int], float] = {}
