@@ -238,6 +238,9 @@ class PairingSpec(Strict):
     depths: list[pydantic.confloat(ge=0.0, le=1.0)] | None = pydantic.Field(
         None, min_length=1, description="which of its tasks' needle depths these pairings run (default: all; "
                                         "cells without a depth always run)")
+    samples: pydantic.PositiveInt | None = pydantic.Field(
+        None, description="at most this many samples per cell of its tasks: the first ones, the same prompts "
+                          "other pairings see (default: every sample of the task)")
 
 
 class RaySpec(Strict):
@@ -311,6 +314,11 @@ class Pairing(pydantic.BaseModel):
     ablate: AblationSpec | None = None
     lengths: list[int] | None = None  # None: every length of its tasks
     depths: list[float] | None = None  # None: every depth of its tasks
+    samples: int | None = None  # None: every sample of a cell
+
+    def per_cell(self, n: int) -> int:
+        """How many of a cell's ``n`` samples this pairing runs."""
+        return n if self.samples is None else min(n, self.samples)
 
     def runs(self, task: str) -> bool:
         return self.tasks is None or task in self.tasks

@@ -178,7 +178,7 @@ def resolve(data: dict, base_dir: Path) -> Resolved:
                         p.ablate.from_run = (base_dir / p.ablate.from_run).resolve()
                     retrieval_file(p.ablate.from_run, f"pairings[{i}].ablate.from")
                 pairings.append(Pairing(model=m, attention=a, label=label, tasks=p.tasks, ablate=p.ablate,
-                                        lengths=p.lengths, depths=p.depths))
+                                        lengths=p.lengths, depths=p.depths, samples=p.samples))
     seen: set[str] = set()
     for p in pairings:
         if p.label in seen:

@@ -189,7 +189,7 @@ class Runner:
         """(task, cell, samples per cell) of every grid cell a pairing runs."""
         for name, t in self.tasks.items():
             if pairing.runs(name):
-                n = min(self.limit or t.samples_per_cell(), t.samples_per_cell())
+                n = pairing.per_cell(min(self.limit or t.samples_per_cell(), t.samples_per_cell()))
                 yield from ((name, c, n) for c in t.cells() if pairing.runs_cell(c))
 
     def grid_size(self) -> int:
@@ -260,7 +260,8 @@ class Runner:
             stop_ids = task.stop_ids(adapter.tokenizer)
             pending = [s for s in self.samples(task_name, adapter)
                        if ((key := (pairing.label, task_name, s.id)) not in store.done or key in self._redo)
-                       and pairing.runs_cell({"context_length": len(s.input_ids), "depth": s.meta.get("depth")})]
+                       and pairing.runs_cell({"context_length": len(s.input_ids), "depth": s.meta.get("depth")})
+                       and self._within_cap(pairing, task_name, s)]
             groups: dict[tuple[int, bool, int], list[Sample]] = defaultdict(list)
             for s in pending:
                 forced = uses_teacher_forcing(task, s, stop_ids, mode)
@@ -272,6 +273,17 @@ class Runner:
                 for i in range(0, len(group), max(size, 1)):
                     units.append(Unit(pairing, task_name, group[i : i + max(size, 1)], length + new, size, forced))
         return units
+
+    @staticmethod
+    def _within_cap(pairing: Pairing, task_name: str, sample: Sample) -> bool:
+        """Whether a sample is among the first ``pairing.samples`` of its cell (``meta.sample``, its index there)."""
+        if pairing.samples is None:
+            return True
+        if not isinstance(sample.meta.get("sample"), int):
+            raise ConfigError(f"pairings ({pairing.label}).samples",
+                              f"task {task_name}'s samples do not give their index in the cell (meta.sample), so "
+                              "the cap cannot pick the first ones; drop `samples` from this pairing or use --limit")
+        return sample.meta["sample"] < pairing.samples
 
     def score_unit(self, unit: Unit) -> list[dict]:
         """Rows of one unit (the same code on this machine and on a Ray worker)."""

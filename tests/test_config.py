@@ -195,7 +195,7 @@ PATHS = ["run.name", "run.seed", "run.batch_size", "run.device", "run.memory_bud
          "models.m.train.train_length", "models.m.train.max_length", "models.m.train.n_heads",
          "models.m.train.n_kv_heads", "models.m.train.tasks", "models.m.train.attention", "models.m.checkpoint",
          "pairings", "pairings.0", "pairings.0.model", "pairings.0.attention", "pairings.0.label",
-         "pairings.0.tasks", "pairings.0.lengths", "pairings.0.depths", "tasks",
+         "pairings.0.tasks", "pairings.0.lengths", "pairings.0.depths", "pairings.0.samples", "tasks",
          "tasks.niah", "tasks.niah.lengths", "tasks.niah.depths", "tasks.niah.samples", "tasks.niah.haystack",
          "tasks.vt", "tasks.cwe", "tasks.niah_multikey_1", "report", "report.threshold", "report.distance_bins"]
 

@@ -207,3 +207,30 @@ def test_pairings_can_run_a_subset_of_the_lengths_and_depths(write_config, tmp_p
         bad = {**cfg, "pairings": [cfg["pairings"][0], {**cfg["pairings"][1], field: value}]}
         res = CliRunner().invoke(main, ["run", str(write_config(bad)), "--out", str(tmp_path / "r2"), "--dry-run"])
         assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_a_pairing_can_run_fewer_samples_per_cell(write_config, tmp_path):
+    """`samples` on a pairing runs the first N samples of each cell (the prompts every other pairing sees first),
+    for an expensive pairing; the dry run counts only those, and the cap never exceeds the task's own count."""
+    cfg = {"run": {"name": "cap", "seed": 0, "batch_size": 4},
+           "models": {"mq": {"type": "module", "factory": "induction_oracle:build", "options": {"task": "mqar"}}},
+           "pairings": [{"model": "mq", "attention": "full"},
+                        {"model": "mq", "attention": "flash", "samples": 1, "lengths": [128]},
+                        {"model": "mq", "attention": {"name": "sliding_window", "window": 32}, "samples": 9}],
+           "tasks": {"mqar": {"lengths": [64, 128], "depths": [0.25, 0.75], "samples": 3}}}
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--dry-run"])
+    assert res.exit_code == 0 and "samples to score: 26" in res.output, res.output  # 12 + 2 + 12
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--dry-run",
+                                    "--limit", "2"])
+    assert "samples to score: 18" in res.output, res.output  # 8 + 2 + 8
+    res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    rows = read_rows(tmp_path / "r")
+    full = {r["sample_id"] for r in rows if r["pairing"] == "mq/full"}
+    flash = sorted(r["sample_id"] for r in rows if r["pairing"] == "mq/flash")
+    assert len(full) == 12 and len(flash) == 2 and set(flash) <= full
+    assert all(r["meta"]["sample"] == 0 and r["context_length"] == 128 for r in rows if r["pairing"] == "mq/flash")
+    assert sum("sliding_window" in r["pairing"] for r in rows) == 12
+    bad = {**cfg, "pairings": [{"model": "mq", "attention": "full", "samples": 0}]}
+    res = CliRunner().invoke(main, ["run", str(write_config(bad)), "--out", str(tmp_path / "r2"), "--dry-run"])
+    assert res.exit_code == 2 and "pairings[0].samples" in res.output, res.output
