@@ -14,13 +14,30 @@ def fused(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None, ma
     """torch's flash SDPA for q (B, H, T, D) over k, v (B, H_kv, S, D), bottom-right causal; None where it cannot run.
 
     T == S or not causal: the kernel's own causal flag. T == 1: every key is visible, a non-causal call.
-    1 < T < S: an explicit lower-right boolean mask (T x S entries, at most ``masked``).
+    1 < T < S (a prompt continued from a cached prefix): on the CPU, the cached keys and the chunk's own keys as two
+    calls merged by log-sum-exp (``_prefix_and_chunk``); elsewhere an explicit lower-right boolean mask of at most
+    ``masked`` entries, a longer chunk as blocks of query rows, each over the keys it can see with its own mask
+    (rows are independent, so this is the same computation).
     """
     T, S = q.shape[2], k.shape[2]
     mask, is_causal = None, causal
     if causal and T != S:
-        if T > S or (T > 1 and T * S > masked):
+        if T > S:
             return None
+        if T > 1 and q.device.type == "cpu":
+            out = _prefix_and_chunk(q, k, v, scale)
+            if out is not None:
+                return out
+        rows = max(1, masked // S)
+        if T > rows:
+            outs = []
+            for i in range(0, T, rows):
+                end = S - T + min(i + rows, T)  # keys up to this block's last query
+                out = fused(q[:, :, i : i + rows], k[:, :, :end], v[:, :, :end], causal, scale, masked)
+                if out is None:
+                    return None
+                outs.append(out)
+            return torch.cat(outs, dim=2)
         if T == 1:
             is_causal = False
         else:
@@ -32,6 +49,23 @@ def fused(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None, ma
                 q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
     except RuntimeError:
         return None  # the flash backend does not take this input (a dtype, a device): the blocked path runs
+
+
+def _prefix_and_chunk(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor | None:
+    """1 < T < S on the CPU: the T queries over the S - T cached keys (all visible, no mask) and over their own T
+    keys (causal, square), each by torch's flash kernel, merged by their log-sum-exp. The kernel skips the masked
+    half of the square and never builds a mask; grouped key/value heads are read as they are."""
+    P = k.shape[2] - q.shape[2]
+    try:
+        o1, l1 = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k[:, :, :P], v[:, :, :P], 0.0, False,
+                                                                            scale=scale)
+        o2, l2 = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k[:, :, P:], v[:, :, P:], 0.0, True,
+                                                                            scale=scale)
+    except (RuntimeError, AttributeError):
+        return None
+    lse = torch.logaddexp(l1, l2)
+    w1, w2 = torch.exp(l1 - lse)[..., None], torch.exp(l2 - lse)[..., None]  # (B, H, T, 1): each part's share
+    return (o1.to(w1.dtype) * w1 + o2.to(w2.dtype) * w2).to(q.dtype)
 
 
 class FullAttention(Attention):
@@ -58,8 +92,9 @@ class FlashAttention(Attention):
     (``enable_gqa``), never copied. Causal calls with fewer queries than keys
     (decoding against a cache) are bottom-right aligned: one query sees every
     key (a plain non-causal call); a short block of queries gets the
-    lower-right causal mask, up to ``MASKED`` mask entries (longer chunks take
-    the blocked path, whose memory does not grow with T x S).
+    lower-right causal mask, up to ``MASKED`` mask entries; a longer chunk
+    (a prompt continued from a cached prefix) runs as blocks of query rows
+    that each stay within that budget.
     """
 
     name = "flash"

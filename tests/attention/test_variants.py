@@ -312,6 +312,44 @@ def test_flash_decodes_fused_without_copying_grouped_heads(monkeypatch, T):
     torch.testing.assert_close(full(q, k, v, causal=True).double(), reference("full", {}, q, k, v, True), **TOL)
 
 
+@pytest.mark.parametrize("T,S", [(300, 1001), (1000, 1001), (257, 259)])
+def test_flash_runs_a_long_chunk_over_a_cache_fused_in_blocks_of_query_rows(monkeypatch, T, S):
+    """A prompt continued from a cached prefix (1 < T < S, T x S past the mask budget) stays in the fused kernel,
+    equal to the definition (float64 to 1e-10): on the CPU as two calls merged by log-sum-exp; elsewhere as blocks
+    of query rows, each with keys up to its last query and a mask within the budget (odd sizes: the last block is
+    short). The blocked loop never runs and grouped heads are never copied."""
+    import lceval.attention.core as core
+    import lceval.attention.exact as exact
+
+    def no_loop(*args, **kwargs):
+        raise AssertionError("the blocked online-softmax loop ran")
+
+    monkeypatch.setattr(exact, "blocked_attention", no_loop)
+    monkeypatch.setattr(core, "repeat_kv", no_loop)
+    q, k, v = rand(1, 9, 3, T, S, 32)
+    attn = build_attention("flash")
+    got = attn(q, k, v, causal=True)  # on the CPU: cached keys and the chunk's own keys, merged by log-sum-exp
+    assert attn.last_impl == "torch.sdpa_flash"
+    torch.testing.assert_close(got.double(), reference("flash", {}, q, k, v, True), **TOL)
+    got = attn(q.double(), k.double(), v.double(), causal=True)
+    torch.testing.assert_close(got, reference("flash", {}, q, k, v, True), rtol=1e-10, atol=1e-10)
+    monkeypatch.setattr(exact, "_prefix_and_chunk", lambda *a: None)  # what other devices run: masked row blocks
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kwargs):
+        seen.append((q.shape[2], k.shape[2], 0 if attn_mask is None else attn_mask.numel()))
+        return real(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(attn, "MASKED", 64 * S)  # a small budget: 64 query rows per block
+    got = attn(q, k, v, causal=True)
+    assert attn.last_impl == "torch.sdpa_flash"
+    assert len(seen) == -(-T // 64) and sum(t for t, _, _ in seen) == T and max(m for _, _, m in seen) <= 64 * S
+    assert seen[-1][1] == S and all(s2 == S - T + min(64 * (i + 1), T) for i, (_, s2, _) in enumerate(seen))
+    torch.testing.assert_close(got.double(), reference("flash", {}, q, k, v, True), **TOL)
+
+
 def test_window_decode_reads_only_the_window(monkeypatch):
     """A decoding step of a sliding window hands the fused kernel W keys, not the whole cache (never repeated)."""
     import lceval.attention.core as core
