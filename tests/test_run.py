@@ -219,8 +219,11 @@ def test_ctrl_c_keeps_rows_and_says_how_to_resume(quickstart_rotary, write_confi
     # 270 samples: on a loaded machine the run must not finish before this process sees its first 10 rows
     data["tasks"]["niah"] = {"lengths": [128, 256, 512], "depths": [0.0, 0.5, 1.0], "samples": 30}
     out = tmp_path / "int"
+    # a terminal's Ctrl-C reaches a foreground process whose SIGINT is at its default; a test run started in the
+    # background (nohup, `&` in a script) inherits SIGINT ignored, so restore the default for the child
     proc = subprocess.Popen([sys.executable, "-m", "lceval.cli", "run", str(write_config(data)), "--out", str(out),
-                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and len(read_rows(out)) < 10:
         time.sleep(0.02)
