@@ -329,6 +329,16 @@ class Pairing(pydantic.BaseModel):
         return ((self.lengths is None or length is None or length in self.lengths)
                 and (self.depths is None or depth is None or float(depth) in self.depths))
 
+    def runs_sample(self, task_name: str, meta: dict) -> bool:
+        """Whether a sample (its ``meta``) is among the first ``samples`` of its cell (``meta.sample``, its index)."""
+        if self.samples is None:
+            return True
+        if not isinstance(meta.get("sample"), int):
+            raise ConfigError(f"pairings ({self.label}).samples",
+                              f"task {task_name}'s samples do not give their index in the cell (meta.sample), so "
+                              "the cap cannot pick the first ones; drop `samples` from this pairing or use --limit")
+        return meta["sample"] < self.samples
+
 
 class Resolved(pydantic.BaseModel):
     """A validated config with pairings expanded and task configs typed."""

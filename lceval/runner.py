@@ -261,7 +261,7 @@ class Runner:
             pending = [s for s in self.samples(task_name, adapter)
                        if ((key := (pairing.label, task_name, s.id)) not in store.done or key in self._redo)
                        and pairing.runs_cell({"context_length": len(s.input_ids), "depth": s.meta.get("depth")})
-                       and self._within_cap(pairing, task_name, s)]
+                       and pairing.runs_sample(task_name, s.meta)]
             groups: dict[tuple[int, bool, int], list[Sample]] = defaultdict(list)
             for s in pending:
                 forced = uses_teacher_forcing(task, s, stop_ids, mode)
@@ -273,17 +273,6 @@ class Runner:
                 for i in range(0, len(group), max(size, 1)):
                     units.append(Unit(pairing, task_name, group[i : i + max(size, 1)], length + new, size, forced))
         return units
-
-    @staticmethod
-    def _within_cap(pairing: Pairing, task_name: str, sample: Sample) -> bool:
-        """Whether a sample is among the first ``pairing.samples`` of its cell (``meta.sample``, its index there)."""
-        if pairing.samples is None:
-            return True
-        if not isinstance(sample.meta.get("sample"), int):
-            raise ConfigError(f"pairings ({pairing.label}).samples",
-                              f"task {task_name}'s samples do not give their index in the cell (meta.sample), so "
-                              "the cap cannot pick the first ones; drop `samples` from this pairing or use --limit")
-        return sample.meta["sample"] < pairing.samples
 
     def score_unit(self, unit: Unit) -> list[dict]:
         """Rows of one unit (the same code on this machine and on a Ray worker)."""

@@ -79,11 +79,12 @@ def variant_table(df: pd.DataFrame) -> pd.DataFrame:
 def rope_table(df: pd.DataFrame) -> pd.DataFrame:
     """niah_single_1 at the RoPE pairings' cells; at 2k, no scaling is the flash pairing (every sample there)."""
     g = df[df.task == "niah_single_1"]
-    depths = g[g.pairing.isin(ROPE)]["meta.depth"].unique()
+    rope = g[g.pairing.isin(ROPE)]
+    depths, lengths = rope["meta.depth"].unique(), sorted(rope.context_length.unique())
     rows = []
     for pairing, name in ROPE.items():
         row = {"RoPE": name}
-        for length in sorted(g[g.pairing.isin(ROPE)].context_length.unique()):
+        for length in lengths:
             d = g[(g.context_length == length) & g["meta.depth"].isin(depths)]
             d = d[d.pairing == (pairing if not (length == 2048 and pairing == "smol/rope-none") else "smol/flash")]
             row[str(length)] = score(d) if len(d) else "-"
