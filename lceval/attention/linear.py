@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lceval.attention.base import Attention, use_triton
-from lceval.attention.core import causal_mask, check_shapes, repeat_kv, row_index
+from lceval.attention.core import causal_mask, check_shapes, grouped_scores, grouped_values, repeat_kv, row_index
 from lceval.attention.features import FEATURE_MAPS
 
 SHORT_CHUNKS = 8  # sequences of at most this many chunks run batched over sequences (training lengths)
@@ -31,7 +31,7 @@ def naive_linear_weights(q: Tensor, k: Tensor, feature_map: str, causal: bool = 
     phi = FEATURE_MAPS[feature_map]
     idx = row_index(rows, T, q.device)
     dt = torch.float64 if q.dtype == torch.float64 else torch.float32
-    a = phi(q[:, :, idx].to(dt)) @ phi(repeat_kv(k, q.shape[1]).to(dt)).transpose(-1, -2)  # (B, H, r, S)
+    a = grouped_scores(phi(q[:, :, idx].to(dt)), phi(k.to(dt)))  # (B, H, r, S); phi per key head, not per copy
     if causal:
         a = a * causal_mask((idx + (S - T))[:, None], torch.arange(S, device=q.device)[None, :])
     den = a.sum(-1, keepdim=True)
@@ -78,6 +78,8 @@ class LinearAttention(Attention):
         B, H, T, D = q.shape
         S = k.shape[2]
         acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # state precision
+        if causal and 0 < S - T and T * (2 * D) <= D * D:
+            return self._few_queries(q, k, v, acc)
         kk, vv = repeat_kv(k, H), repeat_kv(v, H).to(acc)
         self.last_impl = "torch.chunked"  # the chunk loop (T != S, e.g. decoding with a cache)
         if not causal:
@@ -112,6 +114,17 @@ class LinearAttention(Attention):
                 den = den + a.sum(-1, keepdim=True)
             outs.append(self._ratio(num, den))
         return torch.cat(outs, dim=2).to(q.dtype)
+
+    def _few_queries(self, q: Tensor, k: Tensor, v: Tensor, acc: torch.dtype) -> Tensor:
+        """A few queries continuing S - T cached keys (a decoding step over a model's own key cache, as Hugging
+        Face models keep it): the explicit phi(q).phi(k) rows over every key, O(T x S x 2D), instead of folding
+        all S keys into a state first, O(S x D x D), at every step (16x more at D = 64). Key and value heads are
+        read per group (GQA), never repeated."""
+        T, S = q.shape[2], k.shape[2]
+        a = grouped_scores(self.phi(q).to(acc), self.phi(k).to(acc))  # (B, H, T, S)
+        a = a * causal_mask(torch.arange(S - T, S, device=q.device)[:, None], torch.arange(S, device=q.device))
+        self.last_impl = "torch.rows"
+        return self._ratio(grouped_values(a, v.to(acc)), a.sum(-1, keepdim=True)).to(q.dtype)
 
     def _causal_batched(self, q: Tensor, kk: Tensor, vv: Tensor, acc: torch.dtype) -> Tensor:
         """Causal self-attention (T == S) with every chunk of a segment in one batched matmul: the state

@@ -269,6 +269,20 @@ def test_linear_batched_chunks_equal_the_definition_and_the_chunk_loop(monkeypat
     torch.testing.assert_close(looped.double(), want, **TOL)
 
 
+@pytest.mark.parametrize("T,S,D,impl", [(1, 1, 64, "rows"), (1, 1000, 64, "rows"), (3, 517, 32, "rows"),
+                                         (16, 300, 32, "rows"), (32, 129, 64, "rows"), (17, 300, 32, "chunked"),
+                                         (33, 129, 64, "chunked")])
+def test_linear_few_queries_over_cached_keys_equal_the_definition(T, S, D, impl):
+    """A decoding step of a model that keeps keys (Hugging Face's cache) continues S earlier keys with a few
+    queries: the explicit rows over every key, read per GQA group (cheaper than folding all S keys into a state
+    at every step while T <= D / 2); more queries take the chunk loop. Both must equal the definition."""
+    q, k, v = rand(2, 6, 2, T, S + T, D)
+    attn = build_attention("linear", chunk=16)
+    out = attn(q, k, v, causal=True)
+    assert attn.last_impl == f"torch.{impl}"
+    torch.testing.assert_close(out.double(), reference("linear", {}, q, k, v, True), **TOL)
+
+
 @pytest.mark.parametrize("dh", [32, 7])
 def test_rotary_evaluation_path_equals_the_training_path_bit_for_bit(dh):
     from lceval.position import Rotary
