@@ -134,6 +134,43 @@ def test_every_variant_decodes_with_the_cache_as_by_recomputation(family, hf_mod
     assert greedy_generate(wide, ids, 10, stop_ids=[])[0].tokens == outputs["full"]
 
 
+def test_the_cache_appends_in_place_and_holds_what_transformers_cache_holds(monkeypatch):
+    """lceval's cache layer writes each step into spare room (one buffer across decoding steps, not a copy of the
+    whole cache per token) and always holds what transformers' concatenating DynamicLayer holds: through a
+    prefill, decoding steps past the spare room, a prefix handed to every row, a crop and a batch selection."""
+    import lceval.models.hf_cache as hf_cache
+    from transformers.cache_utils import DynamicLayer
+
+    monkeypatch.setattr(hf_cache, "SPARE_MIN", 3)
+    ours, theirs = hf_cache.SpareLayer(), DynamicLayer()
+    g = torch.Generator().manual_seed(0)
+
+    def step(t, b=1):
+        k, v = torch.randn(b, 2, t, 4, generator=g), torch.randn(b, 2, t, 4, generator=g)
+        a, b_ = ours.update(k, v), theirs.update(k, v)
+        assert torch.equal(a[0], b_[0]) and torch.equal(a[1], b_[1])
+        assert ours.get_seq_length() == theirs.get_seq_length()
+
+    step(20)  # room for 3 more
+    buffer = ours.keys.data_ptr()
+    for _ in range(3):
+        step(1)
+        assert ours.keys.data_ptr() == buffer  # appended in place
+    step(1)  # past the room: a new buffer, filled part copied
+    assert ours.keys.data_ptr() != buffer
+    for layer in (ours, theirs):
+        layer.batch_repeat_interleave(3)
+    step(5, b=3)
+    step(1, b=3)
+    for layer in (ours, theirs):
+        layer.crop(-4)
+    step(2, b=3)  # writes over the cropped positions
+    for layer in (ours, theirs):
+        layer.batch_select_indices(torch.tensor([2, 0]))
+    for _ in range(6):
+        step(1, b=2)
+
+
 def test_rope_override_matches_transformers_with_the_same_scaling(hf_models):
     path = hf_models["llama"]
     scaled = _adapter(path, rope={"scaling": "linear", "factor": 4.0, "theta": 500.0})

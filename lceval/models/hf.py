@@ -249,9 +249,9 @@ class HFModel(nn.Module):
         self.lm.config.lceval_capture = value
 
     def new_cache(self):
-        from transformers import DynamicCache
+        from lceval.models.hf_cache import new_cache
 
-        return DynamicCache(config=self.lm.config)
+        return new_cache(self.lm.config)
 
     def hidden(self, ids: Tensor, cache=None) -> Tensor:
         out = self.base(input_ids=ids, use_cache=cache is not None, **{self.cache_arg: cache})
