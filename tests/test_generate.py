@@ -176,3 +176,33 @@ def test_no_prefix_is_reused_when_the_prompts_share_too_little():
     assert [a.prefill_tokens for a in got] == [30, 30]
     same = prompts[:1].repeat(2, 1)  # identical prompts: all but the last token is shared
     assert [a.prefill_tokens for a in greedy_generate(model, same, 4, stop_ids=[], reuse_prefix=True)] == [30, 1]
+
+
+def test_the_layer_cache_appends_in_place_and_holds_every_key_in_order(monkeypatch):
+    """A decoding step writes its keys after the cached ones in one buffer (no copy of the whole cache per token);
+    past the spare room, or after the cache was repeated over a batch, a new buffer holds the same keys."""
+    import lceval.attention.cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "SPARE_MIN", 4)
+    cache = cache_mod.KVCache.empty(1)
+    layer, want_k, want_v = cache.layers[0], [], []
+    g = torch.Generator().manual_seed(0)
+
+    def step(t, b=1):
+        k, v = torch.randn(b, 2, t, 8, generator=g), torch.randn(b, 2, t, 8, generator=g)
+        want_k.append(k)
+        want_v.append(v)
+        got_k, got_v = layer.append(k, v)
+        assert torch.equal(got_k, torch.cat(want_k, 2)) and torch.equal(got_v, torch.cat(want_v, 2))
+
+    step(10)  # room for 4 more
+    buffer = layer.k.data_ptr()
+    for _ in range(4):
+        step(1)
+        assert layer.k.data_ptr() == buffer
+    step(1)
+    assert layer.k.data_ptr() != buffer  # full: reallocated, keys carried over
+    cache.batch_repeat_interleave(3)
+    want_k[:], want_v[:] = [layer.k.clone()], [layer.v.clone()]
+    for _ in range(3):
+        step(1, b=3)

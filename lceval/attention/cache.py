@@ -12,8 +12,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
+
+#: room a reallocated buffer leaves after its filled part: at least this many positions...
+SPARE_MIN = 256
+#: ... or this fraction of the filled length, whichever is more (amortized O(1) copies per appended position)
+SPARE_FRACTION = 8
+
+
+def append_in_room(room: Tensor | None, filled: Tensor | None, new: Tensor) -> tuple[Tensor, Tensor]:
+    """``filled`` (..., n, D) followed by ``new`` (..., t, D) along positions, without copying ``filled`` again.
+
+    ``room`` is the buffer ``filled`` was returned as the front of; ``new`` is written after it and the buffer and
+    a view of its n + t filled positions come back. The buffer is reallocated, with spare room, when it is full or
+    when ``filled`` is no longer its front (the caller replaced it: a batch repeat, a selection, a reorder). A
+    concatenation at every decoding step would copy all n cached positions each time."""
+    n = 0 if filled is None else filled.shape[-2]
+    t = new.shape[-2]
+    fits = (room is not None and n > 0 and filled.data_ptr() == room.data_ptr() and filled.stride() == room.stride()
+            and filled.shape[:-2] == room.shape[:-2] and n + t <= room.shape[-2])
+    if not fits:
+        room = new.new_empty((*new.shape[:-2], n + t + max(SPARE_MIN, (n + t) // SPARE_FRACTION), new.shape[-1]))
+        if n:
+            room[..., :n, :] = filled
+    room[..., n : n + t, :] = new
+    return room, room[..., : n + t, :]
 
 
 @dataclass
@@ -22,11 +45,13 @@ class LayerCache:
     v: Tensor | None = None  # (B, H_kv, S, D)
     state: Any = None  # variant-specific recurrent state
     conv_tail: Tensor | None = None  # (B, d, k - 1): last inputs of a model's token-shift convolution
+    room: tuple[Tensor | None, Tensor | None] = (None, None)  # the buffers k and v are the front of
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Add new keys/values along the sequence and return all of them."""
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        """Add new keys/values along the sequence (into spare room, ``append_in_room``) and return all of them."""
+        room_k, self.k = append_in_room(self.room[0], self.k, k)
+        room_v, self.v = append_in_room(self.room[1], self.v, v)
+        self.room = (room_k, room_v)
         return self.k, self.v
 
 
@@ -50,3 +75,4 @@ class KVCache:
         for layer in self.layers:
             layer.k, layer.v, layer.state, layer.conv_tail = map(rep, (layer.k, layer.v, layer.state,
                                                                        layer.conv_tail))
+            layer.room = (None, None)  # the repeated keys are new tensors: the next append allocates room
