@@ -78,8 +78,8 @@ class LinearAttention(Attention):
         B, H, T, D = q.shape
         S = k.shape[2]
         acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # state precision
-        if causal and 0 < S - T and T * (2 * D) <= D * D:
-            return self._few_queries(q, k, v, acc)
+        if causal and 0 < S - T and 2 * T <= D:
+            return self._few_queries(q, k, v)
         kk, vv = repeat_kv(k, H), repeat_kv(v, H).to(acc)
         self.last_impl = "torch.chunked"  # the chunk loop (T != S, e.g. decoding with a cache)
         if not causal:
@@ -115,16 +115,14 @@ class LinearAttention(Attention):
             outs.append(self._ratio(num, den))
         return torch.cat(outs, dim=2).to(q.dtype)
 
-    def _few_queries(self, q: Tensor, k: Tensor, v: Tensor, acc: torch.dtype) -> Tensor:
+    def _few_queries(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """A few queries continuing S - T cached keys (a decoding step over a model's own key cache, as Hugging
-        Face models keep it): the explicit phi(q).phi(k) rows over every key, O(T x S x 2D), instead of folding
-        all S keys into a state first, O(S x D x D), at every step (16x more at D = 64). Key and value heads are
-        read per group (GQA), never repeated."""
-        T, S = q.shape[2], k.shape[2]
-        a = grouped_scores(self.phi(q).to(acc), self.phi(k).to(acc))  # (B, H, T, S)
-        a = a * causal_mask(torch.arange(S - T, S, device=q.device)[:, None], torch.arange(S, device=q.device))
+        Face models keep it): the explicit normalized rows over every key (``naive_linear_weights``, O(T x S x D))
+        times the values, instead of folding all S keys into a state first, O(S x D x D), at every step (cheaper
+        while 2T <= D). Key and value heads are read per group (GQA), never repeated."""
+        w = naive_linear_weights(q, k, self.params.feature_map, causal=True)  # (B, H, T, S), float32 or float64
         self.last_impl = "torch.rows"
-        return self._ratio(grouped_values(a, v.to(acc)), a.sum(-1, keepdim=True)).to(q.dtype)
+        return grouped_values(w, v.to(w.dtype)).to(q.dtype)
 
     def _causal_batched(self, q: Tensor, kk: Tensor, vv: Tensor, acc: torch.dtype) -> Tensor:
         """Causal self-attention (T == S) with every chunk of a segment in one batched matmul: the state
