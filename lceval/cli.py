@@ -62,26 +62,6 @@ def main():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     if threading.current_thread() is threading.main_thread():  # SIGTERM ends a run as Ctrl-C does
         signal.signal(signal.SIGTERM, _terminate)
-    _freed_memory_goes_back()
-
-
-def _freed_memory_goes_back() -> None:
-    """On glibc, serve allocations of 1 MiB and more from mmap, so freed tensors return to the system.
-
-    glibc raises its mmap threshold as large blocks are freed; after that, the KV caches a long decode
-    re-allocates every step come from heap arenas that fragment. Measured on SmolLM2-135M, 4 prompts of 8k tokens
-    decoding 128 tokens: 4.7 GB peak resident without this, 2.9 GB with it; a long run at these lengths was
-    killed for memory at 24 GB before it.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD; setting it also stops the dynamic adjustment
-    except (OSError, AttributeError):
-        return  # not glibc (musl, say): nothing to tune
 
 
 @main.command()

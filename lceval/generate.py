@@ -25,6 +25,8 @@ from typing import Literal
 
 import torch
 
+from lceval.attention.cache import map_tensors
+
 #: why generation ended: the model's end token, a task's stop word, the score decided early (every reference
 #: found; a token that can never be exact), or the token budget
 StopReason = Literal["eos", "stop_word", "answer_found", "mismatch", "budget"]
@@ -46,11 +48,12 @@ class Answer:
 @torch.no_grad()
 def greedy_generate(model, prompts: torch.Tensor, max_new_tokens: int, stop_ids: list[int],
                     recompute: bool = False, decided: Callable[[int, list[int]], StopReason | None] | None = None,
-                    eos_ids: tuple[int, ...] = (), reuse_prefix: bool = False) -> list[Answer]:
+                    eos_ids: tuple[int, ...] = (), reuse_prefix: bool = False,
+                    store: PrefixStore | None = None) -> list[Answer]:
     """Greedy decoding of prompts (B, T) until each emits a stop id, ``max_new_tokens`` are out, or
     ``decided(i, tokens)`` returns a reason to stop sample i. ``eos_ids``: the stop ids that are the
     model's own end tokens (reported as ``eos``; other stop ids as ``stop_word``). ``reuse_prefix``: the
-    prompts' common prefix is computed once (``prefill``)."""
+    prompts' common prefix is computed once (``prefill``), continuing from ``store``'s when given."""
     B = prompts.shape[0]
     device = prompts.device
     stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
@@ -58,9 +61,9 @@ def greedy_generate(model, prompts: torch.Tensor, max_new_tokens: int, stop_ids:
     seq = prompts
     if cache is None:
         h = model.hidden(prompts)
-        shared = 0
+        shared = stored = 0
     else:
-        h, shared = prefill(model, prompts, cache, reuse_prefix)
+        h, shared, stored = prefill(model, prompts, cache, reuse_prefix, store)
     logits = model.logits_at(h, torch.full((B, 1), h.shape[1] - 1, device=device))[:, 0]  # (B, V)
     out = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=device)
@@ -91,7 +94,8 @@ def greedy_generate(model, prompts: torch.Tensor, max_new_tokens: int, stop_ids:
             h = model.hidden(seq)
             logits = model.logits_at(h, torch.full((B, 1), seq.shape[1] - 1, device=device))[:, 0]
     T = prompts.shape[1]
-    computed = [T - shared + (shared if i == 0 else 0) for i in range(B)]  # the first prompt carries the prefix
+    # the first prompt carries the part of the shared prefix this batch computed
+    computed = [T - shared + (shared - stored if i == 0 else 0) for i in range(B)]
     return [Answer(o, bool(s), bool(f), stop_reason=r, prefill_tokens=c)
             for o, s, f, r, c in zip(out, stopped.tolist(), finite.tolist(), reasons, computed, strict=True)]
 
@@ -106,31 +110,85 @@ def common_prefix(prompts: torch.Tensor) -> int:
     return int(differs.int().argmax()) if bool(differs.any()) else prompts.shape[1]
 
 
-def prefill(model, prompts: torch.Tensor, cache, reuse_prefix: bool = False) -> tuple[torch.Tensor, int]:
+class PrefixStore:
+    """The longest prompt prefix computed so far, one row of a model's cache, kept from batch to batch.
+
+    The runner plans a unit's prompts in text order, so neighbouring batches share the haystack up to their
+    needles: each batch continues from the longest part of the stored prefix its own shared prefix agrees with,
+    and computes only the rest (``prefill``). A prefix is stored while it holds at most ``max_bytes`` (a copy of
+    one row's keys and values; a longer one is not kept). Hold one store per model, attention and ablation: the
+    cached keys are theirs."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.ids: torch.Tensor | None = None  # (P,)
+        self.cache = None  # one row, the first P positions
+
+    def match(self, ids: torch.Tensor) -> int:
+        """How many leading tokens of ``ids`` (N,) the stored prefix holds."""
+        if self.ids is None:
+            return 0
+        n = min(len(self.ids), len(ids))
+        return common_prefix(torch.stack([self.ids[:n], ids[:n]]))
+
+    def offer(self, model, ids: torch.Tensor, cache) -> None:
+        """Keep a copy of ``cache`` (one row that holds exactly ``ids``) if it is at least as long as the stored
+        prefix (a later batch is nearer in text order) and within the byte limit."""
+        if self.ids is not None and (len(ids) < len(self.ids) or self.match(ids) == len(ids)):
+            return  # shorter, or the same prefix again
+        if _cache_bytes(cache) > self.max_bytes:
+            self.ids = self.cache = None
+            return
+        copy = model.new_cache()
+        if copy.take_prefix(cache, len(ids)):
+            self.ids, self.cache = ids.clone(), copy
+
+
+def _cache_bytes(cache) -> int:
+    """Bytes a cache's layers hold: keys and values (lceval's and transformers' names), recurrent states."""
+    sizes = []
+    for layer in getattr(cache, "layers", []):
+        for name in ("k", "v", "state", "conv_tail", "keys", "values"):
+            map_tensors(getattr(layer, name, None), lambda t: sizes.append(t.numel() * t.element_size()))
+    return sum(sizes)
+
+
+def prefill(model, prompts: torch.Tensor, cache, reuse_prefix: bool = False,
+            store: PrefixStore | None = None) -> tuple[torch.Tensor, int, int]:
     """Run prompts (B, T) into an empty cache; returns the hidden states of the last computed chunk (its last
-    position is the prompt's last token) and the shared prefix length (0: none reused).
+    position is the prompt's last token), the shared prefix length (0: none reused) and how much of it came from
+    ``store`` (computed by an earlier batch).
 
     With ``reuse_prefix``, the longest prefix all prompts share (at least ``MIN_SHARED`` tokens, and never the
     last token) is computed once, for one row, handed to every row of the cache (``batch_repeat_interleave``), and
     the rest continues from it: a chunked prefill, the same computation as the whole prompt's (rotary offsets,
-    windows, block layouts and linear state all continue from the cache). An attention capture skips the prefix
-    (its rows lie in the rest) and reads its rows shifted by the prefix length."""
+    windows, block layouts and linear state all continue from the cache). With a ``store``, that one row starts
+    from the part of the stored prefix it agrees with (copied: the store is not changed), and is offered to the
+    store when computed; a batch of one prompt shares all of it but the last token. An attention capture skips
+    the prefix (its rows lie in the rest) and reads its rows shifted by the prefix length."""
     B, T = prompts.shape
-    shared = min(common_prefix(prompts), T - 1) if reuse_prefix and B > 1 else 0
-    if shared < MIN_SHARED:
-        return model.hidden(prompts, cache=cache), 0
+    shared = min(common_prefix(prompts), T - 1) if reuse_prefix and (B > 1 or store is not None) else 0
+    start = store.match(prompts[0, :shared]) if store is not None else 0
+    if start < MIN_SHARED or not cache.take_prefix(store.cache, start):
+        start = 0
+    if shared - start < MIN_SHARED and start == 0:
+        return model.hidden(prompts, cache=cache), 0, 0
     capture = getattr(model, "capture", None)
     if capture is not None:
         model.capture = None
     try:
-        model.hidden(prompts[:1, :shared], cache=cache)
+        if shared > start:
+            model.hidden(prompts[:1, start:shared], cache=cache)
     finally:
         if capture is not None:
             model.capture = capture
+    if store is not None:
+        store.offer(model, prompts[0, :shared], cache)
     if capture is not None:
         capture.shift_rows(shared)
-    cache.batch_repeat_interleave(B)
-    return model.hidden(prompts[:, shared:], cache=cache), shared
+    if B > 1:
+        cache.batch_repeat_interleave(B)
+    return model.hidden(prompts[:, shared:], cache=cache), shared, start
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ from lceval.cores import core_count
 from lceval.dataset import cached_samples
 from lceval.diagnosis import diagnose, out_of_reach
 from lceval.errors import ConfigError, UserError
+from lceval.generate import PrefixStore
 from lceval.models.adapters import ModelAdapter
 from lceval.rows import FAILED, Row, Status
 from lceval.scoring import score_batch, uses_teacher_forcing
@@ -136,6 +137,7 @@ class Runner:
         self._redo: set = set()
         self._ablations: dict[str, list[tuple[int, int]]] = {}  # pairing label -> heads it zeroes
         self._samples: dict[tuple[str, str], list[Sample]] = {}
+        self._prefixes: tuple[str, PrefixStore] | None = None  # the pairing whose prompt prefix is kept, and it
         self.tasks = {name: registry.tasks.get(name)(cfg, seed=resolved.config.run.seed)
                       for name, cfg in resolved.tasks.items()}
         for name, task in self.tasks.items():
@@ -304,12 +306,13 @@ class Runner:
         status, message = self._refusal(unit, adapter, attention)
         scored = None
         if status is Status.OK:
+            reuse = self._reuses_prefix(task, attention, model)
             try:
                 with torch.no_grad():
                     scored = score_batch(model, task, unit.batch, adapter.tokenizer, device=adapter.device,
                                          mode=self.config.run.answer, forced=unit.teacher_forced,
-                                         capture=self.config.run.capture,
-                                         reuse_prefix=self._reuses_prefix(task, attention, model))
+                                         capture=self.config.run.capture, reuse_prefix=reuse,
+                                         store=self._prefix_store(unit.pairing.label) if reuse else None)
             except Exception as exc:  # noqa: BLE001  (a plugin's bug must not stop the grid)
                 status, message = failure(exc)
         rows = []
@@ -326,6 +329,13 @@ class Runner:
         """Whether prompts of this task may share a prefix worth computing once (``run.prefix_reuse``)."""
         mode = self.config.run.prefix_reuse
         return mode == "on" or (mode == "auto" and task.shares_prefix())
+
+    def _prefix_store(self, label: str) -> PrefixStore:
+        """The prompt prefix kept between this pairing's batches (one pairing's at a time; its keys are that
+        pairing's), at most ``run.memory_budget_mb`` of them."""
+        if self._prefixes is None or self._prefixes[0] != label:
+            self._prefixes = (label, PrefixStore(self.config.run.memory_budget_mb * 2**20))
+        return self._prefixes[1]
 
     def _reuses_prefix(self, task: Task, attention: Attention, model) -> bool:
         """Prefix reuse for this batch: asked for, the model's chunked prefill equals its whole prefill (not so for

@@ -17,7 +17,7 @@ import torch
 
 from lceval.attention.capture import capturing
 from lceval.diagnosis import EvidenceCapture, needle_context, span_mask
-from lceval.generate import Answer, greedy_generate, labelled, teacher_forced
+from lceval.generate import Answer, PrefixStore, greedy_generate, labelled, teacher_forced
 from lceval.task import Sample, Task
 from lceval.tokenizer import TextTokenizer
 
@@ -41,14 +41,14 @@ def uses_teacher_forcing(task: Task, sample: Sample, stop_ids: list[int], mode: 
 
 def score_batch(model, task: Task, samples: list[Sample], tokenizer: TextTokenizer, *, device="cpu",
                 mode: AnswerMode = "auto", forced: bool | None = None, capture: bool = True,
-                reuse_prefix: bool = False) -> list[Scored]:
+                reuse_prefix: bool = False, store: PrefixStore | None = None) -> list[Scored]:
     """Score samples of one prompt length (and, under teacher forcing, one answer length).
 
     ``forced``: the teacher-forcing decision the runner made when it planned the batch (``uses_teacher_forcing`` for
     every sample); None decides it here, the same way. ``capture``: for samples that declare evidence spans
     (``meta["_evidence"]``) and a model that offers the hook, attention on the evidence is read during the same
     pass (``lceval.diagnosis``) into each result's meta under ``attention``. ``reuse_prefix``: generation computes
-    the prompts' common prefix once (``lceval.generate.prefill``)."""
+    the prompts' common prefix once (``lceval.generate.prefill``), continuing from ``store``'s prefix when given."""
     if len({len(s.input_ids) for s in samples}) != 1:
         raise ValueError("score_batch needs samples of one prompt length")
     prompts = torch.tensor([s.input_ids for s in samples], device=device)  # (B, T)
@@ -74,7 +74,7 @@ def score_batch(model, task: Task, samples: list[Sample], tokenizer: TextTokeniz
         else:
             decided = None if mode == "full" else (lambda i, tokens: task.decided(samples[i], tokens, tokenizer))
             got = greedy_generate(model, prompts, task.max_new_tokens, stop_ids, decided=decided, eos_ids=eos,
-                                  reuse_prefix=reuse_prefix)
+                                  reuse_prefix=reuse_prefix, store=store)
             how = "generate"
     out = []
     for i, (s, a) in enumerate(zip(samples, got, strict=True)):

@@ -155,13 +155,56 @@ def test_a_shared_prefix_computed_once_gives_the_same_generation(position, atten
     n = len(model.blocks)
     whole = model.hidden(prompts, cache=KVCache.empty(n))[:, -1]
     cache = KVCache.empty(n)
-    h, shared = prefill(model, prompts, cache, reuse_prefix=True)
-    assert shared == 40 and h.shape[1] == 21 and cache.length == 61
+    h, shared, stored = prefill(model, prompts, cache, reuse_prefix=True)
+    assert shared == 40 and stored == 0 and h.shape[1] == 21 and cache.length == 61
     torch.testing.assert_close(h[:, -1], whole, rtol=1e-10, atol=1e-10)
     plain = greedy_generate(model, prompts, 10, stop_ids=[])
     reused = greedy_generate(model, prompts, 10, stop_ids=[], reuse_prefix=True)
     assert [a.tokens for a in reused] == [a.tokens for a in plain]
     assert [a.prefill_tokens for a in reused] == [61, 21, 21] and {a.prefill_tokens for a in plain} == {61}
+
+
+@pytest.mark.parametrize("conv", [0, 3], ids=["conv0", "conv3"])
+@pytest.mark.parametrize("position,attention", list(cases()))
+def test_a_prefix_kept_between_batches_gives_the_same_generation(position, attention, conv):
+    """Three batches of one haystack, needles at different depths (the runner's units in text order), with a
+    PrefixStore: each batch continues from the stored prefix where it agrees, and its hidden states (float64)
+    and generation equal each prompt run whole. A cache with keys for every position is cut to any stored
+    prefix; a recurrent state or a convolution's tail only continues the whole stored prefix."""
+    from lceval.attention.cache import KVCache
+    from lceval.generate import PrefixStore, prefill
+
+    model = tiny(position, attention, conv).double()
+    g = torch.Generator().manual_seed(4)
+    hay = torch.randint(0, V, (61,), generator=g)
+
+    def batch(depth: int, n: int):  # n prompts of the haystack, each parting from it at ``depth``
+        out = hay.repeat(n, 1)
+        out[:, depth:] = torch.randint(0, V, (n, 61 - depth), generator=g)
+        return out
+
+    croppable = attention != "linear" and conv == 0
+    store = PrefixStore(max_bytes=1 << 30)
+    n = len(model.blocks)
+    expected = [([61, 21], 0, 40), ([61 - 40, 11], 40, 50),  # the second extends the stored 40 to 50
+                ([61 - 30] if croppable else [61], 30 if croppable else 0, 60)]  # one prompt: shares 60 with itself
+    for prompts, (computed, stored, kept) in zip([batch(40, 2), batch(50, 2), batch(30, 1)], expected, strict=True):
+        whole = model.hidden(prompts, cache=KVCache.empty(n))[:, -1]
+        probe = PrefixStore(1 << 30)  # the same start, without touching the store under test
+        probe.ids, probe.cache = store.ids, store.cache
+        cache = KVCache.empty(n)
+        h, _, got = prefill(model, prompts, cache, reuse_prefix=True, store=probe)
+        assert got == stored and cache.length == 61
+        torch.testing.assert_close(h[:, -1], whole, rtol=1e-10, atol=1e-10)
+        plain = greedy_generate(model, prompts, 8, stop_ids=[])
+        reused = greedy_generate(model, prompts, 8, stop_ids=[], reuse_prefix=True, store=store)
+        assert [a.tokens for a in reused] == [a.tokens for a in plain]
+        assert [a.prefill_tokens for a in reused] == computed
+        assert len(store.ids) == kept and torch.equal(store.ids, prompts[0, :kept])
+        assert store.cache.length == kept  # a copy: the batch's cache went on to 61 positions and more
+    small = PrefixStore(max_bytes=16)  # a prefix larger than the limit is not kept
+    greedy_generate(model, batch(40, 2), 2, stop_ids=[], reuse_prefix=True, store=small)
+    assert small.ids is None
 
 
 def test_no_prefix_is_reused_when_the_prompts_share_too_little():

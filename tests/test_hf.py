@@ -172,6 +172,45 @@ def test_the_cache_appends_in_place_and_holds_what_transformers_cache_holds(monk
         step(1, b=2)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_prefix_kept_between_batches_continues_a_transformers_cache(family, hf_models):
+    """Two batches of one haystack parting at different depths, with a PrefixStore: the second continues from a
+    copy of the first's prefix (``SpareCache.take_prefix``) and every variant generates what it generates from
+    the whole prompts; the stored copy is never written by the batches that continue from it."""
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    from lceval.generate import PrefixStore
+
+    adapter = _adapter(hf_models[family])
+    hay = _prompt(adapter, 40)[0]
+    g = torch.Generator().manual_seed(5)
+
+    def batch(depth: int, n: int):
+        out = hay.repeat(n, 1)
+        out[:, depth:] = torch.randint(10, adapter.tokenizer.vocab_size, (n, 40 - depth), generator=g)
+        return out
+
+    for name, params in [("flash", {}), ("sliding_window", {"window": 7}),
+                         ("sparse", {"block": 16, "local_blocks": 1, "global_blocks": 1}), ("linear", {})]:
+        model = adapter.with_attention(build_attention(name, **params))
+        store = PrefixStore(1 << 30)
+        for depth, stored in ((20, 0), (30, 20)):
+            prompts = batch(depth, 2)
+            first = store.cache
+            before = first.layers[0].keys.clone() if first is not None else None
+            got = greedy_generate(model, prompts, 6, stop_ids=[], reuse_prefix=True, store=store)
+            assert [a.tokens for a in got] == [a.tokens for a in greedy_generate(model, prompts, 6, stop_ids=[])]
+            assert [a.prefill_tokens for a in got] == [40 - stored, 40 - depth], name
+            assert store.cache.get_seq_length() == depth and store.cache is not first
+            if first is not None:
+                assert torch.equal(first.layers[0].keys, before)
+    cache = model.new_cache()
+    assert not cache.take_prefix(store.cache, 31)  # longer than the stored prefix
+    cache.layers[0] = DynamicSlidingWindowLayer(sliding_window=8)
+    assert not cache.take_prefix(store.cache, 10)  # a layer that keeps only a window cannot be cut to a prefix
+    assert cache.get_seq_length() == 0
+
+
 def test_rope_override_matches_transformers_with_the_same_scaling(hf_models):
     path = hf_models["llama"]
     scaled = _adapter(path, rope={"scaling": "linear", "factor": 4.0, "theta": 500.0})

@@ -64,15 +64,37 @@ class KVCache:
     def empty(cls, n_layers: int) -> KVCache:
         return cls([LayerCache() for _ in range(n_layers)])
 
+    def take_prefix(self, source: KVCache, n: int) -> bool:
+        """Fill this empty cache with a copy of the first ``n`` positions of ``source`` (a prompt prefix computed
+        before, ``lceval.generate.PrefixStore``). A recurrent state or a convolution's tail holds the whole sequence
+        and cannot be cut: those are copied only whole (``n == source.length``); otherwise False, nothing taken."""
+        if self.length or len(self.layers) != len(source.layers) or not 0 < n <= source.length:
+            return False
+        whole = n == source.length
+        if not whole and any(layer.state is not None or layer.conv_tail is not None or layer.k is None
+                             or layer.k.shape[-2] != source.length for layer in source.layers):
+            return False
+        for mine, theirs in zip(self.layers, source.layers, strict=True):
+            if theirs.k is not None:
+                mine.append(theirs.k[..., :n, :], theirs.v[..., :n, :])  # written into this layer's own room
+            mine.state, mine.conv_tail = (map_tensors(x, Tensor.clone) for x in (theirs.state, theirs.conv_tail))
+        self.length = n
+        return True
+
     def batch_repeat_interleave(self, repeats: int) -> None:
         """Each cached sequence ``repeats`` times along the batch (a shared prefix handed to every prompt of a
         batch); the same call as transformers' caches."""
         def rep(x):
-            if isinstance(x, Tensor):
-                return x.repeat_interleave(repeats, dim=0)
-            return type(x)(rep(t) for t in x) if isinstance(x, tuple | list) else x
+            return map_tensors(x, lambda t: t.repeat_interleave(repeats, dim=0))
 
         for layer in self.layers:
             layer.k, layer.v, layer.state, layer.conv_tail = map(rep, (layer.k, layer.v, layer.state,
                                                                        layer.conv_tail))
             layer.room = (None, None)  # the repeated keys are new tensors: the next append allocates room
+
+
+def map_tensors(x, fn):
+    """``fn`` applied to every tensor of a layer's entry (a tensor, a recurrent state of nested tuples or lists)."""
+    if isinstance(x, Tensor):
+        return fn(x)
+    return type(x)(map_tensors(t, fn) for t in x) if isinstance(x, tuple | list) else x

@@ -13,18 +13,20 @@ from lceval.attention.core import blocked_attention, dense_attention, dense_key_
 def fused(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None, masked: int) -> Tensor | None:
     """torch's flash SDPA for q (B, H, T, D) over k, v (B, H_kv, S, D), bottom-right causal; None where it cannot run.
 
-    T == S or not causal: the kernel's own causal flag. T == 1: every key is visible, a non-causal call.
-    1 < T < S (a prompt continued from a cached prefix): on the CPU, the cached keys and the chunk's own keys as two
-    calls merged by log-sum-exp (``_prefix_and_chunk``); elsewhere an explicit lower-right boolean mask of at most
-    ``masked`` entries, a longer chunk as blocks of query rows, each over the keys it can see with its own mask
-    (rows are independent, so this is the same computation).
+    T == S: the kernel's own causal flag. Not causal, or T == 1 (every key is visible): one call with a group's
+    query heads as rows (``_rows_over_all_keys``). 1 < T < S (a prompt continued from a cached prefix): on the CPU,
+    the cached keys and the chunk's own keys as two calls merged by log-sum-exp (``_prefix_and_chunk``); elsewhere
+    an explicit lower-right boolean mask of at most ``masked`` entries, a longer chunk as blocks of query rows,
+    each over the keys it can see with its own mask (rows are independent, so this is the same computation).
     """
     T, S = q.shape[2], k.shape[2]
-    mask, is_causal = None, causal
-    if causal and T != S:
+    if not causal or T == 1:
+        return _rows_over_all_keys(q, k, v, scale)
+    mask, is_causal = None, True
+    if T != S:
         if T > S:
             return None
-        if T > 1 and q.device.type == "cpu":
+        if q.device.type == "cpu":
             out = _prefix_and_chunk(q, k, v, scale)
             if out is not None:
                 return out
@@ -38,17 +40,30 @@ def fused(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None, ma
                     return None
                 outs.append(out)
             return torch.cat(outs, dim=2)
-        if T == 1:
-            is_causal = False
-        else:
-            qi = torch.arange(S - T, S, device=q.device)[:, None]
-            mask, is_causal = torch.arange(S, device=q.device)[None, :] <= qi, False  # (T, S)
+        qi = torch.arange(S - T, S, device=q.device)[:, None]
+        mask, is_causal = torch.arange(S, device=q.device)[None, :] <= qi, False  # (T, S)
     try:
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
             return torch.nn.functional.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
     except RuntimeError:
         return None  # the flash backend does not take this input (a dtype, a device): the blocked path runs
+
+
+def _rows_over_all_keys(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor | None:
+    """Queries that see every key (a decoding step, a non-causal call) by torch's flash kernel. With grouped
+    key/value heads, the H // H_kv query heads of a group are folded into one head's rows: (B, H, T, D) as
+    (B, H_kv, H // H_kv * T, D), one call with no key or value copied (``enable_gqa`` on the CPU copies them, and
+    took twice as long for a decoding step of SmolLM2 at 4k)."""
+    B, H, T, D = q.shape
+    H_kv = k.shape[1]
+    rows = q.reshape(B, H_kv, (H // H_kv) * T, D)
+    try:
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            out = torch.nn.functional.scaled_dot_product_attention(rows, k, v, scale=scale)
+    except RuntimeError:
+        return None
+    return out.view(B, H, T, D)
 
 
 def _prefix_and_chunk(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor | None:

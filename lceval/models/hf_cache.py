@@ -36,9 +36,26 @@ class SpareLayer(DynamicLayer):
         return self.keys, self.values
 
 
+class SpareCache(DynamicCache):
+    """transformers' ``DynamicCache`` whose full-attention layers are ``SpareLayer``s."""
+
+    def take_prefix(self, source: DynamicCache, n: int) -> bool:
+        """Fill this empty cache with a copy of the first ``n`` positions of ``source`` (a prompt prefix computed
+        before, ``lceval.generate.PrefixStore``). False, with nothing taken, when a layer is of a kind that cannot
+        be cut to a prefix (a sliding-window layer keeps only its window)."""
+        layers = list(zip(self.layers, source.layers, strict=False))
+        if (len(self.layers) != len(source.layers) or self.get_seq_length() != 0
+                or any(type(a) is not SpareLayer or type(b) is not SpareLayer or b.get_seq_length() < n
+                       for a, b in layers)):
+            return False
+        for mine, theirs in layers:
+            mine.update(theirs.keys[..., :n, :], theirs.values[..., :n, :])  # written into the new layer's own room
+        return True
+
+
 def new_cache(config) -> DynamicCache:
     """transformers' cache for this model's config, its full-attention layers appending into spare room (its
     sliding-window and other layer kinds stay as transformers builds them)."""
-    cache = DynamicCache(config=config)
+    cache = SpareCache(config=config)
     cache.layers = [SpareLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache

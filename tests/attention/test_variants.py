@@ -352,7 +352,8 @@ def test_flash_runs_a_long_chunk_over_a_cache_fused_in_blocks_of_query_rows(monk
     real = torch.nn.functional.scaled_dot_product_attention
 
     def spy(q, k, v, attn_mask=None, **kwargs):
-        seen.append((q.shape[2], k.shape[2], 0 if attn_mask is None else attn_mask.numel()))
+        # query rows per head (a one-row block has its 9 heads folded into 3 heads' rows: 9 * 1 == 3 * 3)
+        seen.append((q.shape[1] * q.shape[2] // 9, k.shape[2], 0 if attn_mask is None else attn_mask.numel()))
         return real(q, k, v, attn_mask=attn_mask, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
