@@ -138,9 +138,10 @@ def test_the_cache_appends_in_place_and_holds_what_transformers_cache_holds(monk
     """lceval's cache layer writes each step into spare room (one buffer across decoding steps, not a copy of the
     whole cache per token) and always holds what transformers' concatenating DynamicLayer holds: through a
     prefill, decoding steps past the spare room, a prefix handed to every row, a crop and a batch selection."""
+    from transformers.cache_utils import DynamicLayer
+
     import lceval.attention.cache as cache_mod
     import lceval.models.hf_cache as hf_cache
-    from transformers.cache_utils import DynamicLayer
 
     monkeypatch.setattr(cache_mod, "SPARE_MIN", 3)
     ours, theirs = hf_cache.SpareLayer(), DynamicLayer()
