@@ -271,7 +271,8 @@ class RunSpec(Strict):
     batch_size: pydantic.PositiveInt = 16
     device: Literal["auto", "cpu", "cuda"] = "auto"
     memory_budget_mb: pydantic.PositiveInt = pydantic.Field(
-        4096, description="largest score matrix a quadratic-memory variant may build")
+        4096, description="largest score matrix a quadratic-memory variant may build, and the most a prompt "
+                          "prefix kept between batches may hold (prefix_reuse)")
     threads: pydantic.PositiveInt | Literal["auto"] = pydantic.Field(
         "auto", description="torch threads; auto: $OMP_NUM_THREADS if set, else the cores this process may use")
     answer: Literal["auto", "generate", "full"] = pydantic.Field(
