@@ -10,6 +10,7 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -304,3 +305,33 @@ def test_sigterm_keeps_rows_says_so_and_resumes(quickstart_rotary, write_config,
     res = run_cli([cfg, "--out", out])
     assert res.exit_code == 0 and f"already done: {kept}" in res.output, res.output
     assert len(read_rows(out)) == 2 * 4 * 3 * 8
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="the reaper reads /proc (Linux)")
+def test_the_reaper_kills_what_a_seen_process_started_after_its_last_look():
+    """A snapshot taken before a process started a child (as Ray's raylet starts an agent late under load): the
+    reaper still kills the child with its parent, and nothing else."""
+    from lceval.executors.reaper import _stat, descendants, reap
+
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, time\n"
+                               "time.sleep(0.5)\nsubprocess.Popen(['sleep', '60'])\ntime.sleep(60)"])
+    seen = {parent.pid: _stat(parent.pid)[1]}  # the last look: no child yet
+    assert descendants(parent.pid) == {}
+    deadline = time.time() + 20
+    while not descendants(parent.pid) and time.time() < deadline:
+        time.sleep(0.05)
+    (child,) = descendants(parent.pid)
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        assert reap(seen) == 2
+        assert parent.wait(timeout=10) == -signal.SIGKILL
+        deadline = time.time() + 10
+        while (st := _stat(child)) is not None and time.time() < deadline:  # gone once init reaps it
+            state = open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0]
+            if state == "Z":
+                break
+            time.sleep(0.05)
+        assert st is None or state == "Z"
+        assert bystander.poll() is None  # not seen, not started by what was seen
+    finally:
+        bystander.kill()

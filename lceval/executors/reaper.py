@@ -6,7 +6,7 @@ minute. So before starting the instance the driver starts this reaper, in its ow
 on its stdin. Every half second the reaper notes the driver's descendants (pid and start time, read
 from ``/proc``). A driver that finishes writes ``done`` and closes the pipe: the reaper exits. A pipe
 that closes without ``done`` means the driver died: the reaper kills the descendants it last saw (Ray's
-processes, orphaned). Linux only; elsewhere no reaper starts.
+processes, orphaned) and whatever those started since its last look. Linux only; elsewhere no reaper starts.
 
     python -m lceval.executors.reaper DRIVER_PID
 """
@@ -63,9 +63,15 @@ def watch(driver: int, stdin) -> dict[int, int]:
 
 
 def reap(seen: dict[int, int]) -> int:
-    """Kill the processes of ``seen`` that are still the same processes (same start time)."""
+    """Kill the processes of ``seen`` that are still the same processes (same start time), and every process they
+    started since the last look (on a loaded machine Ray's raylet starts its runtime-env agent late, after the
+    last snapshot before the driver died)."""
+    alive = {pid: start for pid, start in seen.items() if (st := _stat(pid)) is not None and st[1] == start}
+    for pid in list(alive):
+        alive.update(descendants(pid))
+    alive.pop(os.getpid(), None)
     killed = 0
-    for pid, start in seen.items():
+    for pid, start in alive.items():
         st = _stat(pid)
         if st is not None and st[1] == start:
             try:
