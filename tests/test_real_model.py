@@ -167,8 +167,8 @@ def test_the_study_config_dry_runs_and_its_quick_look_runs(gguf, tmp_path):
 
 def test_a_shared_prefix_reused_gives_the_same_answers_on_the_real_model(smol):
     """One haystack for every sample of a length: the batch's common prefix (instruction and haystack up to the
-    first needle) is computed once, and the answers equal independent prefill's, for flash and a window; so do
-    two batches of two, the second continuing from the prefix the first kept (``PrefixStore``)."""
+    first needle) is computed once, and the answers equal independent prefill's, for flash and a window; with
+    flash, so do two batches of two, the second continuing from the prefix the first kept (``PrefixStore``)."""
     from lceval.generate import PrefixStore
 
     task = _task("niah_single_1", lengths=[512], depths=[0.5, 1.0], samples=2, shared_haystack=True)
@@ -181,6 +181,8 @@ def test_a_shared_prefix_reused_gives_the_same_answers_on_the_real_model(smol):
         assert [(s.prediction, s.score) for s in reused] == [(s.prediction, s.score) for s in plain]
         assert sum(s.answer.prefill_tokens for s in reused) < 0.8 * 4 * 512  # over a fifth of the prompt reused
         assert [s.meta["attention"]["best_head"] for s in reused] == [s.meta["attention"]["best_head"] for s in plain]
+        if attention.name != "flash":  # the window's store case runs on tiny models (tests/test_hf.py)
+            continue
         store = PrefixStore(1 << 30)
         kept = [x for i in (0, 2) for x in score_batch(model, task, samples[i : i + 2], smol.tokenizer,
                                                           reuse_prefix=True, store=store)]
