@@ -129,7 +129,7 @@ def per_sample(gguf: Path, args) -> dict:
 
     from lceval import registry
     from lceval.attention import build_attention
-    from lceval.config import HFSpec, validate_task_config
+    from lceval.config import HFSpec, RunSpec, validate_task_config
     from lceval.generate import PrefixStore
     from lceval.models.hf import HFAdapter
     from lceval.scoring import score_batch
@@ -166,7 +166,7 @@ def per_sample(gguf: Path, args) -> dict:
         samples = task.samples(adapter.tokenizer)
     samples = sorted(samples, key=lambda s: s.input_ids)
     reused, computed = [], 0
-    store = PrefixStore(4096 * 2**20)  # the prefix kept from batch to batch, as the runner keeps it
+    store = PrefixStore(RunSpec().memory_budget_mb * 2**20)  # kept from batch to batch, as the runner keeps it
     for i in range(0, len(samples), args.reuse_batch):
         batch = samples[i : i + args.reuse_batch]
         t = time.perf_counter()

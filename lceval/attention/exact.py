@@ -42,12 +42,17 @@ def fused(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None, ma
             return torch.cat(outs, dim=2)
         qi = torch.arange(S - T, S, device=q.device)[:, None]
         mask, is_causal = torch.arange(S, device=q.device)[None, :] <= qi, False  # (T, S)
+    return _flash_sdpa(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+
+
+def _flash_sdpa(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor | None:
+    """torch's SDPA restricted to its flash backend; None where that backend does not take the input (a dtype, a
+    device): the blocked path runs instead."""
     try:
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-            return torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, **kwargs)
     except RuntimeError:
-        return None  # the flash backend does not take this input (a dtype, a device): the blocked path runs
+        return None
 
 
 def _rows_over_all_keys(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor | None:
@@ -57,13 +62,8 @@ def _rows_over_all_keys(q: Tensor, k: Tensor, v: Tensor, scale: float | None) ->
     took twice as long for a decoding step of SmolLM2 at 4k)."""
     B, H, T, D = q.shape
     H_kv = k.shape[1]
-    rows = q.reshape(B, H_kv, (H // H_kv) * T, D)
-    try:
-        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-            out = torch.nn.functional.scaled_dot_product_attention(rows, k, v, scale=scale)
-    except RuntimeError:
-        return None
-    return out.view(B, H, T, D)
+    out = _flash_sdpa(q.reshape(B, H_kv, (H // H_kv) * T, D), k, v, scale=scale)
+    return None if out is None else out.view(B, H, T, D)
 
 
 def _prefix_and_chunk(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> Tensor | None:

@@ -31,14 +31,14 @@ def _stat(pid: int) -> tuple[int, int] | None:
     return int(fields[1]), int(fields[19])
 
 
-def descendants(root: int) -> dict[int, int]:
-    """{pid: start time} of every process below ``root``."""
+def descendants(*roots: int) -> dict[int, int]:
+    """{pid: start time} of every process below any of ``roots`` (one pass over ``/proc``)."""
     parent, start = {}, {}
     for proc in Path("/proc").glob("[0-9]*"):
         st = _stat(int(proc.name))
         if st is not None:
             parent[int(proc.name)], start[int(proc.name)] = st
-    out, frontier = {}, [root]
+    out, frontier = {}, list(roots)
     while frontier:
         p = frontier.pop()
         for child in [c for c, pp in parent.items() if pp == p and c not in out]:
@@ -67,8 +67,7 @@ def reap(seen: dict[int, int]) -> int:
     started since the last look (on a loaded machine Ray's raylet starts its runtime-env agent late, after the
     last snapshot before the driver died)."""
     alive = {pid: start for pid, start in seen.items() if (st := _stat(pid)) is not None and st[1] == start}
-    for pid in list(alive):
-        alive.update(descendants(pid))
+    alive.update(descendants(*alive))
     alive.pop(os.getpid(), None)
     killed = 0
     for pid, start in alive.items():
