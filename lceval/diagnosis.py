@@ -90,7 +90,7 @@ class EvidenceCapture(Capture):
 
     @torch.no_grad()
     def record(self, layer: int, attention, q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
-               score_mod=None, scale=None) -> None:
+               score_mod=None, scale=None) -> Tensor | None:
         first = layer not in self.mass
         rows = self.first_rows if first else [q.shape[2] - 1]
         w = attention.weights(q, k, v, causal=causal, rows=rows, score_mod=score_mod, scale=scale).float()
@@ -101,6 +101,7 @@ class EvidenceCapture(Capture):
             self.top_first[layer] = w[:, :, 0].argmax(-1)
             self._keep_strips(w[:, :, 0], mass)
         self.tops.setdefault(layer, []).append(w.argmax(-1))
+        return w if len(rows) == q.shape[2] == 1 else None  # a decoding step: the weights of its only query
 
     def _keep_strips(self, rows: Tensor, mass: Tensor) -> None:
         """For each sample, the best head so far (by needle mass): its row over the keys, max-pooled to STRIP

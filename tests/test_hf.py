@@ -522,3 +522,88 @@ def test_a_chat_template_that_is_missing_names_its_key(hf_models, write_config, 
     res = CliRunner().invoke(main, ["run", str(write_config(cfg)), "--out", str(tmp_path / "r"), "--no-progress"])
     assert res.exit_code == 2 and res.stderr.startswith("error: models.m.chat_template: the model's tokenizer has no"), \
         res.output
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gated_mlps_run_in_place_with_the_same_values(family, hf_models):
+    """lceval's loader rebinds Llama-style gated MLPs to compute in place (two allocations fewer per layer):
+    every layer's MLP of Llama, Mistral and Qwen2, none of GPT-2's (no gate); the hidden states equal
+    transformers' own forward bit for bit, and so do the gradients through one."""
+    from transformers import AutoModelForCausalLM
+
+    from lceval.models.hf_mlp import lean_mlps
+
+    adapter = _adapter(hf_models[family])
+    plain = AutoModelForCausalLM.from_pretrained(hf_models[family]).eval()
+    lean = [m for m in adapter.lm.modules() if "forward" in vars(m)]
+    assert len(lean) == (0 if family == "gpt2" else plain.config.num_hidden_layers)
+    assert lean_mlps(adapter.lm) == 0  # already rebound: nothing twice
+    if lean:
+        x = torch.randn(1, 5, plain.config.hidden_size, requires_grad=True)
+        lean[0](x).sum().backward()  # autograd follows the in-place silu and product
+        mlp = plain.get_submodule(next(n for n, m in adapter.lm.named_modules() if m is lean[0]))
+        x2 = x.detach().clone().requires_grad_()
+        mlp(x2).sum().backward()
+        assert torch.equal(x.grad, x2.grad)
+    model = adapter.with_attention(build_attention("flash"))
+    ids = _prompt(adapter, 24)
+    with torch.no_grad():
+        got = model.hidden(ids)
+        for m in lean:
+            del m.forward  # transformers' own MLP again
+        want = model.hidden(ids)
+    assert torch.equal(got, want)
+
+
+def test_an_mlp_that_computes_something_else_keeps_its_own_forward():
+    """Four parts with the usual names are not enough: an MLP whose forward differs from
+    ``down(act(gate(x)) * up(x))`` on a random input is left as it is."""
+    from lceval.models.hf_mlp import lean_mlps
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate_proj, self.up_proj = torch.nn.Linear(8, 16), torch.nn.Linear(8, 16)
+            self.down_proj, self.act_fn = torch.nn.Linear(16, 8), torch.nn.SiLU()
+
+        def forward(self, x):
+            return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x)) * 0.5
+
+    class Plain(Scaled):
+        def forward(self, x):
+            return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+    model = torch.nn.Sequential(Scaled(), Plain())
+    assert lean_mlps(model) == 1
+    assert "forward" not in vars(model[0]) and "forward" in vars(model[1])
+
+
+@pytest.mark.parametrize("name", ["full", "flash", "sliding_window"])
+def test_decoding_with_the_evidence_capture_takes_each_step_from_its_weights(name, hf_models, monkeypatch):
+    """With the diagnosis' capture attached, each decoding step of an exact variant takes its output from the
+    weights the capture computed (one read of the keys, not two): the tokens are those generated without a
+    capture, and every layer of every step went that way; a window computes its own steps."""
+    from lceval.diagnosis import EvidenceCapture
+
+    adapter = _adapter(hf_models["llama"])
+    attention = build_attention(name, **({"window": 8} if name == "sliding_window" else {}))
+    model = adapter.with_attention(attention)
+    ids = _prompt(adapter, 20)
+    want = greedy_generate(model, ids, 10, stop_ids=[])[0].tokens
+    taken = []
+    own = attention.from_weights
+
+    def spy(w, v):
+        out = own(w, v)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(attention, "from_weights", spy)
+    model.capture = EvidenceCapture(torch.zeros(1, ids.shape[1], dtype=torch.bool), [ids.shape[1] - 1])
+    try:
+        got = greedy_generate(model, ids, 10, stop_ids=[])[0].tokens
+    finally:
+        model.capture = None
+    assert got == want and len(got) == 10
+    layers = adapter.lm.config.num_hidden_layers
+    assert taken == [name != "sliding_window"] * (9 * layers)  # 9 steps after the prompt's pass

@@ -71,6 +71,12 @@ class Attention:
         s = dense_scores(q, k, mask=self.mask(causal), score_mod=score_mod, scale=scale, rows=rows)
         return safe_softmax(s).to(q.dtype)
 
+    def from_weights(self, w: Tensor, v: Tensor) -> Tensor | None:
+        """The output (B, H, T, D) of a call whose weights (B, H, T, S) over every query row were already
+        computed (``weights``, by an attention capture), where the variant's output is exactly those weights times
+        the values and reads every key anyway; None where it is not (the call then runs as usual)."""
+        return None
+
     def score_bytes(self, batch: int, heads: int, t: int, s: int, itemsize: int = 4) -> int:
         """Peak bytes of attention scratch for one call (quadratic variants only)."""
         return 0

@@ -42,10 +42,13 @@ class Capture:
 
     @torch.no_grad()
     def record(self, layer: int, attention, q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
-               score_mod=None, scale=None) -> None:
+               score_mod=None, scale=None) -> Tensor | None:
+        """Record this layer's call; returns the weights of every query row of the call where they were computed
+        (a caller may take the output from them: ``Attention.from_weights``), else None."""
         if self.wants(layer):
             self.weights[layer] = attention.weights(q, k, v, causal=causal, rows=self.rows, score_mod=score_mod,
                                                     scale=scale).float()
+        return None
 
     def stacked(self) -> Tensor:
         """(L, B, H, R, S) over the recorded layers in order."""

@@ -386,3 +386,24 @@ def test_window_decode_reads_only_the_window(monkeypatch):
     got = attn(q, k, v, causal=True)
     assert seen == [100]
     torch.testing.assert_close(got.double(), reference("sliding_window", {"window": 100}, q, k, v, True), **TOL)
+
+
+@pytest.mark.parametrize("name,params", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("H,Hkv", [(9, 3), (4, 1), (4, 4)], ids=["gqa", "mqa", "mha"])
+@pytest.mark.parametrize("S", [1, 257, 2051])
+def test_a_decoding_step_from_its_captured_weights_equals_the_definition(name, params, H, Hkv, S):
+    """A decoding step whose weights a capture computed: the exact variants (float32) take their output from them,
+    equal to the float64 definition (full: bit for bit its own output); every other variant, and 16-bit or
+    float64 weights, answer None, so the step runs as usual."""
+    q, k, v = rand(2, H, Hkv, 1, S, 32)
+    attn = build_attention(name, **params)
+    w = attn.weights(q, k, v, causal=True)  # (B, H, 1, S), what the capture computed
+    got = attn.from_weights(w, v)
+    if name not in ("full", "flash"):
+        assert got is None
+        return
+    torch.testing.assert_close(got.double(), reference(name, params, q, k, v, True), **TOL)
+    if name == "full":
+        assert torch.equal(got, attn(q, k, v, causal=True))
+    assert attn.from_weights(w.double(), v.double()) is None
+    assert attn.from_weights(w.bfloat16(), v.bfloat16()) is None
