@@ -127,11 +127,10 @@ class FlashAttention(Attention):
 
     name = "flash"
     block = 512
+    MASKED = 1 << 22  # largest T x S boolean mask the fused call is given (4 MiB)
 
     def from_weights(self, w, v):
         return values_by_weights(w, v)
-
-    MASKED = 1 << 22  # largest T x S boolean mask the fused call is given (4 MiB)
 
     def __call__(self, q, k, v, causal=True, score_mod=None, scale=None) -> Tensor:
         T, S = q.shape[2], k.shape[2]
