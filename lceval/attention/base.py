@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from lceval.attention.cache import LayerCache
-from lceval.attention.core import MaskFn, ScoreMod, causal_mask, dense_scores, safe_softmax
+from lceval.attention.core import MaskFn, ScoreMod, causal_mask, dense_scores, grouped_values, safe_softmax
 
 
 class NoParams(pydantic.BaseModel):
@@ -32,6 +32,9 @@ class Attention:
     supports_score_mod: ClassVar[bool] = True
     #: the cache keeps a recurrent state instead of the keys (an attention capture cannot read back over it)
     recurrent: ClassVar[bool] = False
+    #: the output is exactly the softmax weights times the values, over every key (full, flash): a call whose
+    #: weights a capture computed can take its output from them (``from_weights``)
+    weights_times_values: ClassVar[bool] = False
 
     def __init__(self, **params):
         self.params = self.Params(**params)
@@ -72,10 +75,13 @@ class Attention:
         return safe_softmax(s).to(q.dtype)
 
     def from_weights(self, w: Tensor, v: Tensor) -> Tensor | None:
-        """The output (B, H, T, D) of a call whose weights (B, H, T, S) over every query row were already
-        computed (``weights``, by an attention capture), where the variant's output is exactly those weights times
-        the values and reads every key anyway; None where it is not (the call then runs as usual)."""
-        return None
+        """The output (B, H, T, D) of a call whose weights (B, H, T, S) over every query row were already computed
+        (``weights``, by an attention capture): the weights times the values, as the oracle computes it, for a
+        variant whose output is exactly that (``weights_times_values``) and weights in the values' own dtype (float32;
+        a capture's float32 weights of a 16-bit or float64 model would round differently). None otherwise: the call
+        then runs as usual. A decoding step of the diagnosis thus reads the keys once, not twice."""
+        ok = self.weights_times_values and w.dtype == v.dtype == torch.float32
+        return grouped_values(w, v) if ok else None
 
     def score_bytes(self, batch: int, heads: int, t: int, s: int, itemsize: int = 4) -> int:
         """Peak bytes of attention scratch for one call (quadratic variants only)."""

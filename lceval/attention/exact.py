@@ -7,7 +7,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lceval.attention.base import Attention, use_triton
-from lceval.attention.core import blocked_attention, dense_attention, dense_key_blocks, grouped_values
+from lceval.attention.core import blocked_attention, dense_attention, dense_key_blocks
 
 
 def fused(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float | None, masked: int) -> Tensor | None:
@@ -85,25 +85,15 @@ def _prefix_and_chunk(q: Tensor, k: Tensor, v: Tensor, scale: float | None) -> T
     return out.to(q.dtype)
 
 
-def values_by_weights(w: Tensor, v: Tensor) -> Tensor | None:
-    """Exact attention from its weights (B, H, T, S): the weights times the values, as the oracle computes it, where
-    the weights are in the values' own dtype (float32 models; a capture's float32 weights of a 16-bit or float64
-    model would round differently: None). A decoding step whose weights an attention capture computed (to read the
-    needle's share and each head's top key) takes its output from them instead of reading the keys again."""
-    return grouped_values(w, v) if w.dtype == v.dtype == torch.float32 else None
-
-
 class FullAttention(Attention):
     """Plain softmax(QK^T/sqrt(d))V with the whole score matrix: O(T*S) memory by design."""
 
     name = "full"
+    weights_times_values = True
 
     def __call__(self, q, k, v, causal=True, score_mod=None, scale=None) -> Tensor:
         self.last_impl = "torch.eager"
         return dense_attention(q, k, v, mask=self.mask(causal), score_mod=score_mod, scale=scale)
-
-    def from_weights(self, w, v):
-        return values_by_weights(w, v)
 
     def score_bytes(self, batch, heads, t, s, itemsize=4):
         # up to four score-sized tensors live at once in the eager path (scores, masked copy, exp, weights);
@@ -126,11 +116,9 @@ class FlashAttention(Attention):
     """
 
     name = "flash"
+    weights_times_values = True
     block = 512
     MASKED = 1 << 22  # largest T x S boolean mask the fused call is given (4 MiB)
-
-    def from_weights(self, w, v):
-        return values_by_weights(w, v)
 
     def __call__(self, q, k, v, causal=True, score_mod=None, scale=None) -> Tensor:
         T, S = q.shape[2], k.shape[2]
