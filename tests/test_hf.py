@@ -525,40 +525,87 @@ def test_a_chat_template_that_is_missing_names_its_key(hf_models, write_config, 
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_gated_mlps_run_in_place_with_the_same_values(family, hf_models):
-    """lceval's loader rebinds Llama-style gated MLPs to compute in place (two allocations fewer per layer):
-    every layer's MLP of Llama, Mistral and Qwen2, none of GPT-2's (no gate); the hidden states equal
-    transformers' own forward bit for bit, and so do the gradients through one."""
+def test_gated_mlps_and_rms_norms_run_lean_with_the_same_values(family, hf_models):
+    """lceval's loader rebinds Llama-style gated MLPs and RMS norms to allocate less: every layer's MLP and
+    both norms, and the final norm, of Llama, Mistral and Qwen2; nothing of GPT-2's (no gate, LayerNorm). The
+    hidden states equal transformers' own forward bit for bit, and so do the gradients through each kind."""
     from transformers import AutoModelForCausalLM
 
-    from lceval.models.hf_mlp import lean_mlps
+    from lceval.models.hf_lean import lean_modules
 
     adapter = _adapter(hf_models[family])
     plain = AutoModelForCausalLM.from_pretrained(hf_models[family]).eval()
-    lean = [m for m in adapter.lm.modules() if "forward" in vars(m)]
-    assert len(lean) == (0 if family == "gpt2" else plain.config.num_hidden_layers)
-    assert lean_mlps(adapter.lm) == 0  # already rebound: nothing twice
-    if lean:
+    layers = 0 if family == "gpt2" else plain.config.num_hidden_layers
+    lean = {kind: [m for m in adapter.lm.modules() if getattr(m, "_lceval_lean", None) == kind and "forward" in vars(m)]
+            for kind in ("mlp", "norm")}
+    assert {k: len(v) for k, v in lean.items()} == {"mlp": layers, "norm": 2 * layers + (layers > 0)}
+    assert lean_modules(adapter.lm) == {"mlp": 0, "norm": 0}  # already rebound: nothing twice
+    for kind in ("mlp", "norm") if layers else ():
+        module = lean[kind][0]
         x = torch.randn(1, 5, plain.config.hidden_size, requires_grad=True)
-        lean[0](x).sum().backward()  # autograd follows the in-place silu and product
-        mlp = plain.get_submodule(next(n for n, m in adapter.lm.named_modules() if m is lean[0]))
+        module(x).sum().backward()  # autograd follows the in-place operations
+        own = plain.get_submodule(next(n for n, m in adapter.lm.named_modules() if m is module))
         x2 = x.detach().clone().requires_grad_()
-        mlp(x2).sum().backward()
-        assert torch.equal(x.grad, x2.grad)
+        own(x2).sum().backward()
+        assert torch.equal(x.grad, x2.grad), kind
     model = adapter.with_attention(build_attention("flash"))
     ids = _prompt(adapter, 24)
     with torch.no_grad():
         got = model.hidden(ids)
-        for m in lean:
-            del m.forward  # transformers' own MLP again
+        for m in lean["mlp"] + lean["norm"]:
+            del m.forward  # transformers' own modules again
         want = model.hidden(ids)
     assert torch.equal(got, want)
 
 
-def test_an_mlp_that_computes_something_else_keeps_its_own_forward():
-    """Four parts with the usual names are not enough: an MLP whose forward differs from
-    ``down(act(gate(x)) * up(x))`` on a random input is left as it is."""
-    from lceval.models.hf_mlp import lean_mlps
+def test_a_long_input_runs_the_mlp_in_equal_blocks(hf_models):
+    """Past ``_lceval_chunk`` tokens the MLP runs in equal blocks (no short remainder) and gives the whole
+    product's values: 50 tokens at blocks of at most 16 are 4 calls of 13, 13, 13 and 11 rows."""
+    adapter = _adapter(hf_models["llama"])
+    mlp = next(m for m in adapter.lm.modules() if getattr(m, "_lceval_lean", None) == "mlp")
+    x = torch.randn(2, 25, adapter.lm.config.hidden_size)
+    with torch.no_grad():
+        whole = mlp(x)
+        rows = []
+        handle = mlp.gate_proj.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[0]))
+        mlp._lceval_chunk = 16
+        blocks = mlp(x)
+        handle.remove()
+    assert rows == [13, 13, 13, 11]
+    assert blocks.shape == whole.shape
+    torch.testing.assert_close(blocks, whole, rtol=1e-6, atol=1e-7)
+
+
+def test_blocks_of_a_real_sized_mlp_give_the_same_bits():
+    """The claim in ``lceval.models.hf_lean``: with torch's MKL, each row of a SmolLM2-sized MLP (576 -> 1536)
+    is the same bits in blocks of ``CHUNK_TOKENS`` as in one product over all the rows, at batch-prefill sizes
+    that split into 2, 3 and 6 blocks."""
+    from lceval.models.hf_lean import CHUNK_TOKENS, lean_modules
+
+    class MLP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate_proj = torch.nn.Linear(576, 1536, bias=False)
+            self.up_proj = torch.nn.Linear(576, 1536, bias=False)
+            self.down_proj = torch.nn.Linear(1536, 576, bias=False)
+            self.act_fn = torch.nn.SiLU()
+
+        def forward(self, x):
+            return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+    torch.manual_seed(0)
+    mlp = MLP()
+    assert lean_modules(mlp) == {"mlp": 1, "norm": 0}
+    with torch.no_grad():
+        for rows in (CHUNK_TOKENS + 1, 3 * CHUNK_TOKENS - 5, 12176):
+            x = torch.randn(4, rows // 4, 576)
+            assert torch.equal(mlp(x), MLP.forward(mlp, x)), rows
+
+
+def test_an_mlp_or_norm_that_computes_something_else_keeps_its_own_forward():
+    """The usual part names are not enough: an MLP whose forward differs from ``down(act(gate(x)) * up(x))``, or
+    an RMS norm that scales by ``1 + weight`` (Gemma's), on a random input is left as it is."""
+    from lceval.models.hf_lean import lean_modules
 
     class Scaled(torch.nn.Module):
         def __init__(self):
@@ -573,9 +620,21 @@ def test_an_mlp_that_computes_something_else_keeps_its_own_forward():
         def forward(self, x):
             return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
-    model = torch.nn.Sequential(Scaled(), Plain())
-    assert lean_mlps(model) == 1
-    assert "forward" not in vars(model[0]) and "forward" in vars(model[1])
+    class OffsetRMSNorm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight, self.variance_epsilon = torch.nn.Parameter(torch.randn(8)), 1e-6
+
+        def forward(self, x):
+            return (1 + self.weight) * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+    class PlainRMSNorm(OffsetRMSNorm):
+        def forward(self, x):
+            return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+    model = torch.nn.Sequential(Scaled(), Plain(), OffsetRMSNorm(), PlainRMSNorm())
+    assert lean_modules(model) == {"mlp": 1, "norm": 1}
+    assert [("forward" in vars(m)) for m in model] == [False, True, False, True]
 
 
 @pytest.mark.parametrize("name", ["full", "flash", "sliding_window"])

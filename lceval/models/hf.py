@@ -30,7 +30,7 @@ from lceval.attention import Attention
 from lceval.attention.core import by_layer, zero_heads
 from lceval.errors import ConfigError, UserError, last_line
 from lceval.models.adapters import DTYPES, ModelAdapter, hash_files
-from lceval.models.hf_mlp import lean_mlps
+from lceval.models.hf_lean import lean_modules
 from lceval.tokenizer import TextTokenizer
 
 IMPL = "lceval"
@@ -330,7 +330,7 @@ class HFAdapter(ModelAdapter):
                 raise
             raise UserError(f"transformers cannot load the model at {path}: {last_line(exc)}") from None
         self.lm.eval().to(self.device)
-        lean_mlps(self.lm)  # the same values, two allocations fewer per layer (lceval.models.hf_mlp)
+        lean_modules(self.lm)  # gated MLPs and RMS norms with fewer large allocations (lceval.models.hf_lean)
         ends = getattr(getattr(self.lm, "generation_config", None), "eos_token_id", None)
         ends = tuple(ends) if isinstance(ends, list | tuple) else (() if ends is None else (ends,))
         self.tokenizer = TextTokenizer.from_hf(hf_tok, chat_template=spec.chat_template, end_ids=ends)
