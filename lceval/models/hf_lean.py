@@ -22,8 +22,9 @@ A module is rebound only if it has the expected parts, and if its own forward an
 outputs on a random input when it is rebound: a model whose MLP or norm does anything else (another
 activation placement, Gemma's ``1 + weight``, a float32 upcast of a 16-bit model) keeps its own forward. The
 in-place operations are the same operations on the same values, bit for bit. Blocks are matrix products over
-fewer rows: with MKL (torch's CPU build) each row's result is the same bits at every block size of a few
-hundred rows or more, which the tests check; another BLAS may round a row's sum differently in the last bit.
+fewer rows: with MKL (torch's CPU build) each row's result is the same bits in blocks of a thousand rows or
+more (blocks here are 1025-2048 rows; two of 138 rows did round differently), which the tests check at
+SmolLM2's sizes; another BLAS may round a row's sum differently in the last bit.
 """
 
 from __future__ import annotations
