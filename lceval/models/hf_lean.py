@@ -51,7 +51,7 @@ def _gated(self, x: Tensor) -> Tensor:
 def _mlp_forward(self, x: Tensor) -> Tensor:
     """``down_proj(act_fn(gate_proj(x)) * up_proj(x))``: the activation and the product in place, in equal blocks
     of at most ``self._lceval_chunk`` tokens."""
-    rows = x.numel() // x.shape[-1] if x.numel() else 0
+    rows = x.shape[:-1].numel()
     chunk = self._lceval_chunk
     if rows <= chunk:
         return _gated(self, x)
@@ -73,12 +73,13 @@ def _is_rms_norm(module: nn.Module) -> bool:
             and isinstance(getattr(module, "variance_epsilon", None), float))
 
 
-def _rebind(module: nn.Module, forward, width: int, dtype: torch.dtype, device: torch.device) -> bool:
-    """Bind ``forward`` to ``module`` if it gives its own forward's output bit for bit on a random input."""
+def _rebind(module: nn.Module, forward, width: int, like: Tensor) -> bool:
+    """Bind ``forward`` to ``module`` if it gives its own forward's output bit for bit on a random input of
+    ``width`` features, in ``like``'s dtype and on its device."""
     own = module.forward
     lean = types.MethodType(forward, module)
-    rng = torch.Generator(device).manual_seed(0)  # not the global generator: runs stay as seeded
-    x = torch.randn(2, 3, width, generator=rng, device=device).to(dtype)
+    rng = torch.Generator(like.device).manual_seed(0)  # not the global generator: runs stay as seeded
+    x = torch.randn(2, 3, width, generator=rng, device=like.device).to(like.dtype)
     if torch.equal(own(x), lean(x)):
         module.forward = lean
         return True
@@ -86,7 +87,7 @@ def _rebind(module: nn.Module, forward, width: int, dtype: torch.dtype, device: 
 
 
 @torch.no_grad()
-def lean_modules(model: nn.Module, chunk_tokens: int = CHUNK_TOKENS) -> dict[str, int]:
+def lean_modules(model: nn.Module) -> dict[str, int]:
     """Rebind the gated MLPs and RMS norms of ``model``; returns how many of each. (autograd follows the in-place
     operations, so gradients are the modules' own too.)"""
     count = {"mlp": 0, "norm": 0}
@@ -96,15 +97,14 @@ def lean_modules(model: nn.Module, chunk_tokens: int = CHUNK_TOKENS) -> dict[str
         if all(hasattr(module, name) for name in MLP_PARTS) and isinstance(module.gate_proj, nn.Linear):
             gate = module.gate_proj
             module._lceval_silu = type(module.act_fn).__name__ in ("SiLU", "SiLUActivation")
-            module._lceval_chunk = chunk_tokens
-            if _rebind(module, _mlp_forward, gate.in_features, gate.weight.dtype, gate.weight.device):
+            module._lceval_chunk = CHUNK_TOKENS
+            if _rebind(module, _mlp_forward, gate.in_features, gate.weight):
                 module._lceval_lean = "mlp"
                 count["mlp"] += 1
             else:
                 del module._lceval_silu, module._lceval_chunk
         elif _is_rms_norm(module):
-            w = module.weight
-            if _rebind(module, _rms_forward, w.shape[0], w.dtype, w.device):
+            if _rebind(module, _rms_forward, module.weight.shape[0], module.weight):
                 module._lceval_lean = "norm"
                 count["norm"] += 1
     return count
