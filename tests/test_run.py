@@ -308,6 +308,48 @@ def test_sigterm_keeps_rows_says_so_and_resumes(quickstart_rotary, write_config,
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="the reaper reads /proc (Linux)")
+def test_a_process_name_that_is_not_utf8_does_not_blind_the_reaper():
+    """The reaper reads every process on the machine; one named with bytes that are not UTF-8 (a multibyte
+    character cut at 15 bytes does it) used to end it with a UnicodeDecodeError, and Ray's agents outlived a
+    killed driver."""
+    from lceval.executors.reaper import _stat, descendants
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                              "open('/proc/self/comm', 'wb').write(b'ab\\xff\\xfe')\nprint(flush=True)\n"
+                              "time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()
+        assert open(f"/proc/{child.pid}/stat", "rb").read().split(b" ")[1] == b"(ab\xff\xfe)"
+        assert _stat(child.pid) == (os.getpid(), _stat(child.pid)[1])
+        assert descendants(os.getpid()) == {child.pid: _stat(child.pid)[1]}
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_look_taken_while_the_driver_dies_does_not_replace_the_last_whole_one(monkeypatch):
+    """The driver's death closes the pipe before its children are handed to init; a look at /proc that spans it
+    sees part of the tree (Ray's raylet gone, its agents no longer below the driver) and must not count."""
+    from lceval.executors import reaper
+
+    read, write = os.pipe()
+    whole, part = {10: 1, 11: 2, 12: 3}, {10: 1}
+    looks = []
+
+    def look(driver):
+        looks.append(driver)
+        if len(looks) == 1:
+            return dict(whole)
+        os.close(write)  # the driver dies during this look
+        return dict(part)
+
+    monkeypatch.setattr(reaper, "descendants", look)
+    with os.fdopen(read, "rb") as stdin:
+        assert reaper.watch(4321, stdin) == whole
+    assert looks == [4321, 4321]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="the reaper reads /proc (Linux)")
 def test_the_reaper_kills_what_a_seen_process_started_after_its_last_look():
     """A snapshot taken before a process started a child (as Ray's raylet starts an agent late under load): the
     reaper still kills the child with its parent, and nothing else."""

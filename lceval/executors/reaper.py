@@ -4,7 +4,7 @@
 driver runs no code, and Ray's agents (its dashboard and runtime-env agents) outlive it for over a
 minute. So before starting the instance the driver starts this reaper, in its own session, with a pipe
 on its stdin. Every half second the reaper notes the driver's descendants (pid and start time, read
-from ``/proc``). A driver that finishes writes ``done`` and closes the pipe: the reaper exits. A pipe
+from ``/proc``; a look that the driver's death overlapped does not count). A driver that finishes writes ``done`` and closes the pipe: the reaper exits. A pipe
 that closes without ``done`` means the driver died: the reaper kills the descendants it last saw (Ray's
 processes, orphaned) and whatever those started since its last look. Linux only; elsewhere no reaper starts.
 
@@ -24,11 +24,11 @@ DONE = b"done\n"
 
 def _stat(pid: int) -> tuple[int, int] | None:
     """(parent pid, start time) of a process, or None if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    try:  # bytes: a process name is any 15 bytes, not always UTF-8 (a cut multibyte character, or set so)
+        fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        return int(fields[1]), int(fields[19])
+    except (OSError, IndexError, ValueError):
         return None
-    return int(fields[1]), int(fields[19])
 
 
 def descendants(*roots: int) -> dict[int, int]:
@@ -48,7 +48,12 @@ def descendants(*roots: int) -> dict[int, int]:
 
 
 def watch(driver: int, stdin) -> dict[int, int]:
-    """Snapshot the driver's descendants until the pipe closes; {} when the driver said it is done."""
+    """Snapshot the driver's descendants until the pipe closes; {} when the driver said it is done.
+
+    A snapshot counts only if the pipe is still quiet once it is taken. A dying process closes its files
+    before its children are handed to init (and Ray's gcs and raylet, bound to the driver's life, get
+    their kill), so a snapshot taken while the driver died can miss Ray's agents: it would replace the
+    last whole one and they would outlive the run."""
     seen: dict[int, int] = {}
     data = b""
     while True:
@@ -58,8 +63,10 @@ def watch(driver: int, stdin) -> dict[int, int]:
             if not chunk:
                 return {} if data.endswith(DONE) else seen
             data += chunk
-        else:
-            seen = {p: t for p, t in descendants(driver).items() if p != os.getpid()} or seen
+            continue
+        now = {p: t for p, t in descendants(driver).items() if p != os.getpid()}
+        if now and not select.select([stdin], [], [], 0)[0]:
+            seen = now
 
 
 def reap(seen: dict[int, int]) -> int:
