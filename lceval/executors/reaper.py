@@ -1,12 +1,13 @@
 """Cleans up the local Ray instance an ``lceval run`` started when that run is killed.
 
-``ray.shutdown()`` stops the instance when the run ends, fails or is interrupted. After a kill -9 the
-driver runs no code, and Ray's agents (its dashboard and runtime-env agents) outlive it for over a
-minute. So before starting the instance the driver starts this reaper, in its own session, with a pipe
-on its stdin. Every half second the reaper notes the driver's descendants (pid and start time, read
-from ``/proc``; a look that the driver's death overlapped does not count). A driver that finishes writes ``done`` and closes the pipe: the reaper exits. A pipe
-that closes without ``done`` means the driver died: the reaper kills the descendants it last saw (Ray's
-processes, orphaned) and whatever those started since its last look. Linux only; elsewhere no reaper starts.
+``ray.shutdown()`` stops the instance when the run ends, fails or is interrupted. After a kill -9 the driver
+runs no code, and Ray's agents (its dashboard and runtime-env agents) outlive it for over a minute. So before
+starting the instance the driver starts this reaper, in its own session, with a pipe on its stdin. Every half
+second the reaper notes the driver's descendants (pid and start time, read from ``/proc``; a look that the
+driver's death overlapped does not count). A driver that finishes writes ``done`` and closes the pipe: the
+reaper exits. A pipe that closes without ``done`` means the driver died: the reaper kills the descendants it
+last saw (Ray's processes, orphaned) and whatever those started since its last look. Linux only; elsewhere no
+reaper starts.
 
     python -m lceval.executors.reaper DRIVER_PID
 """
