@@ -321,7 +321,7 @@ def test_a_process_name_that_is_not_utf8_does_not_blind_the_reaper():
         child.stdout.readline()
         assert open(f"/proc/{child.pid}/stat", "rb").read().split(b" ")[1] == b"(ab\xff\xfe)"
         assert _stat(child.pid) == (os.getpid(), _stat(child.pid)[1])
-        assert descendants(os.getpid()) == {child.pid: _stat(child.pid)[1]}
+        assert descendants(os.getpid())[child.pid] == _stat(child.pid)[1]  # found, with its start time
     finally:
         child.kill()
         child.wait()
