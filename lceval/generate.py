@@ -115,8 +115,8 @@ class PrefixStore:
 
     The runner plans a unit's prompts in text order, so neighbouring batches share the haystack up to their
     needles: each batch continues from the longest part of the stored prefix its own shared prefix agrees with,
-    and computes only the rest (``prefill``). A prefix is stored while it holds at most ``max_bytes`` (a copy of
-    one row's keys and values; a longer one is not kept). Hold one store per model, attention and ablation: the
+    and computes only the rest (``prefill``). The store holds at most ``max_bytes`` (a copy of one row's keys and
+    values): of a longer prefix, the leading part that fits. Hold one store per model, attention and ablation: the
     cached keys are theirs."""
 
     def __init__(self, max_bytes: int):
@@ -132,16 +132,17 @@ class PrefixStore:
         return common_prefix(torch.stack([self.ids[:n], ids[:n]]))
 
     def offer(self, model, ids: torch.Tensor, cache) -> None:
-        """Keep a copy of ``cache`` (one row that holds exactly ``ids``) if it is at least as long as the stored
-        prefix (a later batch is nearer in text order) and within the byte limit."""
-        if self.ids is not None and (len(ids) < len(self.ids) or self.match(ids) == len(ids)):
-            return  # shorter, or the same prefix again
-        if _cache_bytes(cache) > self.max_bytes:
-            self.ids = self.cache = None
-            return
+        """Keep a copy of ``cache`` (one row that holds exactly ``ids``) if it is longer than the stored prefix (a
+        later batch is nearer in text order). Past the byte limit, its leading positions that fit are kept (keys
+        and values grow with the length); a cache that cannot be cut (a recurrent state) leaves the stored prefix
+        as it is, which later batches of the haystack still share."""
+        size = _cache_bytes(cache)
+        n = len(ids) if size <= self.max_bytes else len(ids) * self.max_bytes // size
+        if n < MIN_SHARED or (self.ids is not None and (n < len(self.ids) or self.match(ids[:n]) == n)):
+            return  # too little to keep, shorter than the stored prefix, or the same prefix again
         copy = model.new_cache()
-        if copy.take_prefix(cache, len(ids)):
-            self.ids, self.cache = ids.clone(), copy
+        if copy.take_prefix(cache, n):
+            self.ids, self.cache = ids[:n].clone(), copy
 
 
 def _cache_bytes(cache) -> int:

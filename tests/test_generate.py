@@ -172,7 +172,7 @@ def test_a_prefix_kept_between_batches_gives_the_same_generation(position, atten
     and generation equal each prompt run whole. A cache with keys for every position is cut to any stored
     prefix; a recurrent state or a convolution's tail only continues the whole stored prefix."""
     from lceval.attention.cache import KVCache
-    from lceval.generate import PrefixStore, prefill
+    from lceval.generate import PrefixStore, _cache_bytes, prefill
 
     model = tiny(position, attention, conv).double()
     g = torch.Generator().manual_seed(4)
@@ -202,9 +202,24 @@ def test_a_prefix_kept_between_batches_gives_the_same_generation(position, atten
         assert [a.prefill_tokens for a in reused] == computed
         assert len(store.ids) == kept and torch.equal(store.ids, prompts[0, :kept])
         assert store.cache.length == kept  # a copy: the batch's cache went on to 61 positions and more
-    small = PrefixStore(max_bytes=16)  # a prefix larger than the limit is not kept
+    small = PrefixStore(max_bytes=16)  # not even MIN_SHARED positions fit: nothing is kept
     greedy_generate(model, batch(40, 2), 2, stop_ids=[], reuse_prefix=True, store=small)
     assert small.ids is None
+    # a limit that holds 25 positions of a 40-token prefix: its first 25 are kept where keys can be cut (a
+    # recurrent state cannot: nothing), and the next batch continues from them with the same generation
+    per_token = _cache_bytes(store.cache) // len(store.ids)
+    part = PrefixStore(max_bytes=25 * per_token + per_token // 2)
+    first, second = batch(40, 2), batch(50, 2)
+    greedy_generate(model, first, 2, stop_ids=[], reuse_prefix=True, store=part)
+    if croppable:
+        assert torch.equal(part.ids, first[0, :25]) and part.cache.length == 25
+        assert _cache_bytes(part.cache) <= part.max_bytes
+    else:
+        assert part.ids is None
+    reused = greedy_generate(model, second, 8, stop_ids=[], reuse_prefix=True, store=part)
+    assert [a.tokens for a in reused] == [a.tokens for a in greedy_generate(model, second, 8, stop_ids=[])]
+    assert [a.prefill_tokens for a in reused] == ([61 - 25, 11] if croppable else [61, 11])
+    assert (len(part.ids) if croppable else part.ids) == (25 if croppable else None)  # 50 do not fit either
 
 
 def test_no_prefix_is_reused_when_the_prompts_share_too_little():
