@@ -25,8 +25,6 @@ from typing import Literal
 
 import torch
 
-from lceval.attention.cache import map_tensors
-
 #: why generation ended: the model's end token, a task's stop word, the score decided early (every reference
 #: found; a token that can never be exact), or the token budget
 StopReason = Literal["eos", "stop_word", "answer_found", "mismatch", "budget"]
@@ -102,6 +100,9 @@ def greedy_generate(model, prompts: torch.Tensor, max_new_tokens: int, stop_ids:
 
 #: a common prefix shorter than this is recomputed with each prompt (an extra call costs more than it saves)
 MIN_SHARED = 16
+#: what a cache offers for prefix reuse (``KVCache``, ``SpareCache``); a user module's cache without these
+#: runs each prompt whole
+PREFIX_CACHE = ("take_prefix", "batch_repeat_interleave", "nbytes")
 
 
 def common_prefix(prompts: torch.Tensor) -> int:
@@ -136,22 +137,13 @@ class PrefixStore:
         later batch is nearer in text order). Past the byte limit, its leading positions that fit are kept (keys
         and values grow with the length); a cache that cannot be cut (a recurrent state) leaves the stored prefix
         as it is, which later batches of the haystack still share."""
-        size = _cache_bytes(cache)
+        size = cache.nbytes()
         n = len(ids) if size <= self.max_bytes else len(ids) * self.max_bytes // size
         if n < MIN_SHARED or (self.ids is not None and (n < len(self.ids) or self.match(ids[:n]) == n)):
             return  # too little to keep, shorter than the stored prefix, or the same prefix again
         copy = model.new_cache()
         if copy.take_prefix(cache, n):
             self.ids, self.cache = ids[:n].clone(), copy
-
-
-def _cache_bytes(cache) -> int:
-    """Bytes a cache's layers hold: keys and values (lceval's and transformers' names), recurrent states."""
-    sizes = []
-    for layer in getattr(cache, "layers", []):
-        for name in ("k", "v", "state", "conv_tail", "keys", "values"):
-            map_tensors(getattr(layer, name, None), lambda t: sizes.append(t.numel() * t.element_size()))
-    return sum(sizes)
 
 
 def prefill(model, prompts: torch.Tensor, cache, reuse_prefix: bool = False,
@@ -168,6 +160,7 @@ def prefill(model, prompts: torch.Tensor, cache, reuse_prefix: bool = False,
     store when computed; a batch of one prompt shares all of it but the last token. An attention capture skips
     the prefix (its rows lie in the rest) and reads its rows shifted by the prefix length."""
     B, T = prompts.shape
+    reuse_prefix = reuse_prefix and all(hasattr(cache, m) for m in PREFIX_CACHE)  # a module's own cache may not
     shared = min(common_prefix(prompts), T - 1) if reuse_prefix and (B > 1 or store is not None) else 0
     start = store.match(prompts[0, :shared]) if store is not None else 0
     if start < MIN_SHARED or not cache.take_prefix(store.cache, start):

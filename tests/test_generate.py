@@ -172,7 +172,7 @@ def test_a_prefix_kept_between_batches_gives_the_same_generation(position, atten
     and generation equal each prompt run whole. A cache with keys for every position is cut to any stored
     prefix; a recurrent state or a convolution's tail only continues the whole stored prefix."""
     from lceval.attention.cache import KVCache
-    from lceval.generate import PrefixStore, _cache_bytes, prefill
+    from lceval.generate import PrefixStore, prefill
 
     model = tiny(position, attention, conv).double()
     g = torch.Generator().manual_seed(4)
@@ -207,19 +207,51 @@ def test_a_prefix_kept_between_batches_gives_the_same_generation(position, atten
     assert small.ids is None
     # a limit that holds 25 positions of a 40-token prefix: its first 25 are kept where keys can be cut (a
     # recurrent state cannot: nothing), and the next batch continues from them with the same generation
-    per_token = _cache_bytes(store.cache) // len(store.ids)
+    per_token = store.cache.nbytes() // len(store.ids)
     part = PrefixStore(max_bytes=25 * per_token + per_token // 2)
     first, second = batch(40, 2), batch(50, 2)
     greedy_generate(model, first, 2, stop_ids=[], reuse_prefix=True, store=part)
     if croppable:
         assert torch.equal(part.ids, first[0, :25]) and part.cache.length == 25
-        assert _cache_bytes(part.cache) <= part.max_bytes
+        assert part.cache.nbytes() <= part.max_bytes
     else:
         assert part.ids is None
     reused = greedy_generate(model, second, 8, stop_ids=[], reuse_prefix=True, store=part)
     assert [a.tokens for a in reused] == [a.tokens for a in greedy_generate(model, second, 8, stop_ids=[])]
     assert [a.prefill_tokens for a in reused] == ([61 - 25, 11] if croppable else [61, 11])
     assert (len(part.ids) if croppable else part.ids) == (25 if croppable else None)  # 50 do not fit either
+
+
+def test_a_cache_without_the_prefix_methods_runs_each_prompt_whole():
+    """A user module's own cache type need not offer ``take_prefix``, ``batch_repeat_interleave`` and ``nbytes``:
+    with prefix reuse asked for, its prompts run whole (the same generation) instead of failing the unit."""
+    from lceval.attention.cache import KVCache
+    from lceval.generate import PREFIX_CACHE, PrefixStore
+
+    class OwnCache:  # keys and values as lceval keeps them, behind a type of the module's own
+        def __init__(self, inner):
+            object.__setattr__(self, "inner", inner)
+
+        def __getattr__(self, name):
+            if name in PREFIX_CACHE:
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+        def __setattr__(self, name, value):
+            setattr(self.inner, name, value)
+
+    model = tiny("rotary", "flash", 0)
+    plain = model.new_cache
+    prompts = torch.randint(0, V, (1, 40), generator=torch.Generator().manual_seed(5)).repeat(2, 1)
+    prompts[1, 30:] = (prompts[1, 30:] + 1) % V  # the two share 30 tokens
+    want = greedy_generate(model, prompts, 6, stop_ids=[], reuse_prefix=True)
+    assert [a.prefill_tokens for a in want] == [40, 10]
+    model.new_cache = lambda: OwnCache(KVCache.empty(len(model.blocks)))
+    assert not hasattr(model.new_cache(), "take_prefix") and plain is not model.new_cache
+    store = PrefixStore(1 << 30)
+    got = greedy_generate(model, prompts, 6, stop_ids=[], reuse_prefix=True, store=store)
+    assert [a.tokens for a in got] == [a.tokens for a in want]
+    assert [a.prefill_tokens for a in got] == [40, 40] and store.ids is None
 
 
 def test_no_prefix_is_reused_when_the_prompts_share_too_little():

@@ -81,6 +81,14 @@ class KVCache:
         self.length = n
         return True
 
+    def nbytes(self) -> int:
+        """Bytes of what the layers hold for their positions: keys, values, recurrent states, convolution tails."""
+        sizes: list[int] = []
+        for layer in self.layers:
+            for x in (layer.k, layer.v, layer.state, layer.conv_tail):
+                map_tensors(x, lambda t: sizes.append(t.numel() * t.element_size()))
+        return sum(sizes)
+
     def batch_repeat_interleave(self, repeats: int) -> None:
         """Each cached sequence ``repeats`` times along the batch (a shared prefix handed to every prompt of a
         batch); the same call as transformers' caches."""

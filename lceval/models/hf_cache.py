@@ -39,6 +39,11 @@ class SpareLayer(DynamicLayer):
 class SpareCache(DynamicCache):
     """transformers' ``DynamicCache`` whose full-attention layers are ``SpareLayer``s."""
 
+    def nbytes(self) -> int:
+        """Bytes of the keys and values its layers hold (their filled positions)."""
+        return sum(t.numel() * t.element_size() for layer in self.layers if getattr(layer, "is_initialized", False)
+                   for t in (layer.keys, layer.values))
+
     def take_prefix(self, source: DynamicCache, n: int) -> bool:
         """Fill this empty cache with a copy of the first ``n`` positions of ``source`` (a prompt prefix computed
         before, ``lceval.generate.PrefixStore``). False, with nothing taken, when a layer is of a kind that cannot
