@@ -142,7 +142,7 @@ class PrefixStore:
         if n < MIN_SHARED or (self.ids is not None and (n < len(self.ids) or self.match(ids[:n]) == n)):
             return  # too little to keep, shorter than the stored prefix, or the same prefix again
         copy = model.new_cache()
-        if copy.take_prefix(cache, n):
+        if copy.take_prefix(cache, n, room=False):  # a kept copy is read, never appended to
             self.ids, self.cache = ids[:n].clone(), copy
 
 

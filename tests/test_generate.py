@@ -202,6 +202,8 @@ def test_a_prefix_kept_between_batches_gives_the_same_generation(position, atten
         assert [a.prefill_tokens for a in reused] == computed
         assert len(store.ids) == kept and torch.equal(store.ids, prompts[0, :kept])
         assert store.cache.length == kept  # a copy: the batch's cache went on to 61 positions and more
+        assert all(x.untyped_storage().nbytes() == x.numel() * x.element_size()  # no spare room kept
+                   for layer in store.cache.layers for x in (layer.k, layer.v) if x is not None)
     small = PrefixStore(max_bytes=16)  # not even MIN_SHARED positions fit: nothing is kept
     greedy_generate(model, batch(40, 2), 2, stop_ids=[], reuse_prefix=True, store=small)
     assert small.ids is None

@@ -204,6 +204,8 @@ def test_a_prefix_kept_between_batches_continues_a_transformers_cache(family, hf
             assert [a.tokens for a in got] == [a.tokens for a in greedy_generate(model, prompts, 6, stop_ids=[])]
             assert [a.prefill_tokens for a in got] == [40 - stored, 40 - depth], name
             assert store.cache.get_seq_length() == depth and store.cache is not first
+            assert all(x.untyped_storage().nbytes() == x.numel() * x.element_size()  # no spare room kept
+                       for layer in store.cache.layers for x in (layer.keys, layer.values))
             if first is not None:
                 assert torch.equal(first.layers[0].keys, before)
     cache = model.new_cache()

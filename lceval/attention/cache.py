@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 #: room a reallocated buffer leaves after its filled part: at least this many positions...
@@ -64,10 +65,11 @@ class KVCache:
     def empty(cls, n_layers: int) -> KVCache:
         return cls([LayerCache() for _ in range(n_layers)])
 
-    def take_prefix(self, source: KVCache, n: int) -> bool:
+    def take_prefix(self, source: KVCache, n: int, room: bool = True) -> bool:
         """Fill this empty cache with a copy of the first ``n`` positions of ``source`` (a prompt prefix computed
-        before, ``lceval.generate.PrefixStore``). A recurrent state or a convolution's tail holds the whole sequence
-        and cannot be cut: those are copied only whole (``n == source.length``); otherwise False, nothing taken."""
+        before, ``lceval.generate.PrefixStore``), with spare room to grow unless ``room`` is False (a kept copy). A
+        recurrent state or a convolution's tail holds the whole sequence and cannot be cut: those are copied only
+        whole (``n == source.length``); otherwise False, nothing taken."""
         if self.length or len(self.layers) != len(source.layers) or not 0 < n <= source.length:
             return False
         whole = n == source.length
@@ -75,8 +77,11 @@ class KVCache:
                              or layer.k.shape[-2] != source.length for layer in source.layers):
             return False
         for mine, theirs in zip(self.layers, source.layers, strict=True):
-            if theirs.k is not None:
+            if theirs.k is not None and room:
                 mine.append(theirs.k[..., :n, :], theirs.v[..., :n, :])  # written into this layer's own room
+            elif theirs.k is not None:
+                mine.k, mine.v = (x[..., :n, :].clone(memory_format=torch.contiguous_format)
+                                  for x in (theirs.k, theirs.v))
             mine.state, mine.conv_tail = (map_tensors(x, Tensor.clone) for x in (theirs.state, theirs.conv_tail))
         self.length = n
         return True

@@ -44,17 +44,23 @@ class SpareCache(DynamicCache):
         return sum(t.numel() * t.element_size() for layer in self.layers if getattr(layer, "is_initialized", False)
                    for t in (layer.keys, layer.values))
 
-    def take_prefix(self, source: DynamicCache, n: int) -> bool:
+    def take_prefix(self, source: DynamicCache, n: int, room: bool = True) -> bool:
         """Fill this empty cache with a copy of the first ``n`` positions of ``source`` (a prompt prefix computed
-        before, ``lceval.generate.PrefixStore``). False, with nothing taken, when a layer is of a kind that cannot
-        be cut to a prefix (a sliding-window layer keeps only its window)."""
+        before, ``lceval.generate.PrefixStore``), with spare room to grow unless ``room`` is False (a kept copy).
+        False, with nothing taken, when a layer is of a kind that cannot be cut to a prefix (a sliding-window layer
+        keeps only its window)."""
         layers = list(zip(self.layers, source.layers, strict=False))
         if (len(self.layers) != len(source.layers) or self.get_seq_length() != 0
                 or any(type(a) is not SpareLayer or type(b) is not SpareLayer or b.get_seq_length() < n
                        for a, b in layers)):
             return False
         for mine, theirs in layers:
-            mine.update(theirs.keys[..., :n, :], theirs.values[..., :n, :])  # written into the new layer's own room
+            keys, values = theirs.keys[..., :n, :], theirs.values[..., :n, :]
+            if room:
+                mine.update(keys, values)  # written into the new layer's own room
+            else:
+                mine.lazy_initialization(keys, values)
+                mine.keys, mine.values = (x.clone(memory_format=torch.contiguous_format) for x in (keys, values))
         return True
 
 
