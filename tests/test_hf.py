@@ -582,6 +582,36 @@ def test_a_long_input_runs_the_mlp_in_equal_blocks(hf_models):
     torch.testing.assert_close(blocks, whole, rtol=0, atol=1e-12)
 
 
+def test_the_output_head_runs_weight_major_with_the_same_values():
+    """``head_logits``: W @ x^T for a plain linear head (faster for a few decoding rows, benchmarks/head.py) gives
+    nn.Linear's logits, bias included, for 1 to 20 rows and any leading shape; the same bits for one row (a batch
+    of one decodes as transformers' generate does); a head of another kind runs its own forward."""
+    from lceval.models.hf import head_logits
+
+    g = torch.Generator().manual_seed(0)
+    for bias in (False, True):
+        head = torch.nn.Linear(96, 1000, bias=bias)
+        with torch.no_grad():
+            for rows in (1, 2, 3, 4, 7, 8, 16, 20):
+                x = torch.randn(rows, 1, 96, generator=g)
+                got, want = head_logits(head, x), head(x)
+                assert got.shape == want.shape == (rows, 1, 1000) and got.is_contiguous()
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+                if rows == 1:
+                    assert torch.equal(got, want)
+            x = torch.randn(2, 3, 96, generator=g)  # teacher forcing: several positions per row
+            torch.testing.assert_close(head_logits(head, x), head(x), rtol=1e-5, atol=1e-5)
+
+    class Scaled(torch.nn.Linear):  # a subclass may compute something else: its forward runs
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    scaled = Scaled(96, 10)
+    x = torch.randn(3, 1, 96, generator=g)
+    with torch.no_grad():
+        assert torch.equal(head_logits(scaled, x), scaled(x))
+
+
 def test_blocks_of_a_real_sized_mlp_give_the_same_bits():
     """The claim in ``lceval.models.hf_lean``: with torch's MKL, each row of a SmolLM2-sized MLP (576 -> 1536)
     is the same bits in blocks of ``CHUNK_TOKENS`` as in one product over all the rows, at batch-prefill sizes
