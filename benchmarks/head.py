@@ -12,23 +12,12 @@ the same products in another order).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from cpu import timed  # benchmarks/cpu.py: median of repeats after a warm-up, in ms
 from torch import nn
 
 from lceval.models.hf import head_logits
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
 
 
 def main() -> None:
