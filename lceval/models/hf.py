@@ -218,10 +218,10 @@ def head_logits(head: nn.Module, x: Tensor) -> Tensor:
     """The output head on x (..., d): for a plain ``nn.Linear`` on the CPU, as ``W @ x^T`` rather than ``x W^T``.
 
     A decoding step puts a few rows through a head of the whole vocabulary. For 2-8 rows, MKL runs ``x W^T`` on
-    a path that reads SmolLM2's 49152 x 576 head 2-5 times slower than for one row (2 threads: 34 ms for 3 rows,
-    19 ms for 4, 10 ms for 1); ``W @ x^T`` took 6-9 ms for 1-8 rows (``benchmarks/head.py``). The products are the
-    same; the sums are the same bits for one row and for 16 rows or more, and round differently in between (about
-    1e-6 relative), as a row's logits already do when the batch around it changes size."""
+    a slow path: on SmolLM2's 49152 x 576 head, 2 threads, it took 17-34 ms against 3-8 ms as ``W @ x^T`` (2-7
+    times; one row is 10 ms either way; ``benchmarks/head.py``). The products are the same; the sums are the same
+    bits for one row and for 16 rows or more, and round differently in between (about 1e-6 relative), as a row's
+    logits already do when the batch around it changes size."""
     if type(head) is not nn.Linear or x.device.type != "cpu":
         return head(x)
     flat = x.reshape(-1, x.shape[-1])
