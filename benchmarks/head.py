@@ -44,14 +44,7 @@ def main() -> None:
     with torch.no_grad():
         head.weight.copy_(torch.randn(args.vocab, args.width, generator=g) * 0.02)
     print(f"head {args.vocab} x {args.width}, float32, {args.threads} threads; ms per call (median of {args.repeats})")
-    print(f"{'rows':>5} {'nn.Linear':>10} {'lceval':>8} {'speed-up':>9} {'max |diff|':>11}")
-    with torch.no_grad():
-        for rows in args.rows:
-            x = torch.randn(rows, 1, args.width, generator=g)
-            plain = timed(lambda x=x: head(x), args.repeats)
-            ours = timed(lambda x=x: head_logits(head, x), args.repeats)
-            diff = (head(x) - head_logits(head, x)).abs().max().item()
-            print(f"{rows:>5} {plain:>10.1f} {ours:>8.1f} {plain / ours:>8.2f}x {diff:>11.1e}")
+    table(args, lambda rows: [(head, torch.randn(rows, 1, args.width, generator=g))], head_logits)
 
 
 def decode_step(args, g: torch.Generator) -> None:
@@ -68,15 +61,25 @@ def decode_step(args, g: torch.Generator) -> None:
     mb = sum(lin.weight.numel() for lin in layers) * 4 / 2**20
     print(f"{args.layers} layers of projections (width {d}, hidden {h}, key/value {kv}; {mb:.0f} MiB of float32 "
           f"weights), {args.threads} threads; ms per decoding step's projections (median of {args.repeats})")
+
+    def calls(rows: int) -> list[tuple[nn.Linear, torch.Tensor]]:  # one input per width, shared by the layers
+        xs = {inp: torch.randn(rows, 1, inp, generator=g) for _, inp in shapes}
+        return [(lin, xs[lin.in_features]) for lin in layers]
+
+    table(args, calls, weight_major)
+
+
+def table(args, calls, ours) -> None:
+    """For each of ``--rows``: ``calls(rows)`` (linear layer, input) pairs, all run through nn.Linear and all
+    through ``ours``, timed; the speed-up and the largest difference of any output."""
     print(f"{'rows':>5} {'nn.Linear':>10} {'lceval':>8} {'speed-up':>9} {'max |diff|':>11}")
     with torch.no_grad():
         for rows in args.rows:
-            xs = {lin.in_features: torch.randn(rows, 1, lin.in_features, generator=g) for lin in layers[:len(shapes)]}
-            plain = timed(lambda: [lin(xs[lin.in_features]) for lin in layers], args.repeats)
-            ours = timed(lambda: [weight_major(lin, xs[lin.in_features]) for lin in layers], args.repeats)
-            diff = max((lin(xs[lin.in_features]) - weight_major(lin, xs[lin.in_features])).abs().max().item()
-                       for lin in layers[:len(shapes)])
-            print(f"{rows:>5} {plain:>10.1f} {ours:>8.1f} {plain / ours:>8.2f}x {diff:>11.1e}")
+            pairs = calls(rows)
+            plain = timed(lambda: [lin(x) for lin, x in pairs], args.repeats)
+            mine = timed(lambda: [ours(lin, x) for lin, x in pairs], args.repeats)
+            diff = max((lin(x) - ours(lin, x)).abs().max().item() for lin, x in pairs)
+            print(f"{rows:>5} {plain:>10.1f} {mine:>8.1f} {plain / mine:>8.2f}x {diff:>11.1e}")
 
 
 if __name__ == "__main__":

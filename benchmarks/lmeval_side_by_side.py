@@ -93,6 +93,10 @@ def config(gguf: Path, args, prefix_reuse: str = "auto") -> dict:
             "report": {}}
 
 
+def each(ratios: list[float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in ratios)
+
+
 def timed_command(cmd: list[str], env: dict) -> tuple[float, subprocess.CompletedProcess]:
     t = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -214,7 +218,8 @@ def main() -> None:
         cfg_path = tmp / "side-by-side.yaml"
         cfg_path.write_text(json.dumps(config(gguf, args)))
         whole_path = tmp / "side-by-side-whole.yaml"  # --split: every prompt computed whole, as lm-eval does
-        whole_path.write_text(json.dumps(config(gguf, args, prefix_reuse="off")))
+        if args.split:
+            whole_path.write_text(json.dumps(config(gguf, args, prefix_reuse="off")))
         print(f"niah_single_1, {args.samples} samples x {args.length} tokens, chat template, {args.threads} threads"
               + (", one shared haystack per length (lceval)" if args.shared_haystack else ""))
         python = lmeval_python(args.lmeval_python)
@@ -241,15 +246,13 @@ def main() -> None:
                 if args.split:
                     engine.append(lm_wall / whole_wall)
         if ratios:
-            each = ", ".join(f"{x:.2f}" for x in ratios)
             print(f"lm-eval / lceval wall time: {statistics.median(ratios):.2f}x (lceval is that many times faster; "
-                  + (f"median of {len(ratios)} alternated pairs: {each})" if len(ratios) > 1 else "one pair)"))
+                  + (f"median of {len(ratios)} alternated pairs: {each(ratios)})" if len(ratios) > 1 else "one pair)"))
         if work:
-            print(f"lceval reuse off / on: {statistics.median(work):.2f}x (the work prefix reuse saves; "
-                  + ", ".join(f"{x:.2f}" for x in work) + ")")
+            print(f"lceval reuse off / on: {statistics.median(work):.2f}x (the work prefix reuse saves; {each(work)})")
         if engine:
             print(f"lm-eval / lceval with reuse off: {statistics.median(engine):.2f}x (the same amount of work: "
-                  "every prompt computed whole; " + ", ".join(f"{x:.2f}" for x in engine) + ")")
+                  f"every prompt computed whole; {each(engine)})")
         stops = {}
         for r in rows:
             stops[r["stop_reason"]] = stops.get(r["stop_reason"], 0) + 1
